@@ -1,0 +1,253 @@
+"""Cutting documents into chunks sized in the embedding model's own tokens.
+
+Plain text goes through langchain-text-splitters' recursive splitter (paragraphs, lines,
+sentences, words, characters); Markdown through the same splitter with Markdown's separators,
+so that it cuts at headings first, and each chunk records the heading path it sits under.
+No chunk is longer than the model's maximum sequence length: a model such as
+all-MiniLM-L6-v2 silently drops everything after 256 word pieces, so a chunk that the
+splitter's estimate lets through too long is cut again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+import re
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rag.errors import ConfigError
+from rag.types import Chunk, Document, Metadata
+
+CHUNKER_VERSION = 1
+
+# Regular expressions, tried in order; each split keeps the text intact (a zero-width or
+# whitespace separator goes to the start of the next piece and is stripped at chunk edges).
+_TEXT_SEPARATORS = [r"\n[ \t]*\n", r"\n", r"(?<=[.!?])\s+", r"(?<=[;:,])\s+", r"\s+", ""]
+_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
+_FENCE = re.compile(r"^(```|~~~)")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkerSettings:
+    """How text is cut; recorded with each collection."""
+
+    chunk_size: int = 200
+    chunk_overlap: int = 32
+
+    def to_json(self) -> dict[str, int | str]:
+        return {
+            "chunk_size": self.chunk_size,
+            "chunk_overlap": self.chunk_overlap,
+            "version": CHUNKER_VERSION,
+        }
+
+
+class Chunker:
+    """Splits documents into chunks of at most ``max_tokens`` model tokens.
+
+    ``count_tokens`` is the embedder's token counter (content tokens, no special tokens);
+    ``tokenizer_id`` names it in the chunk ids, because the same settings cut differently
+    with another tokenizer.
+    """
+
+    def __init__(
+        self,
+        settings: ChunkerSettings,
+        *,
+        count_tokens: Callable[[Sequence[str]], list[int]],
+        max_tokens: int,
+        tokenizer_id: str,
+    ) -> None:
+        from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+        if max_tokens < 16:
+            raise ConfigError(f"the embedder allows only {max_tokens} tokens per text")
+        self.settings = settings
+        self.size = min(settings.chunk_size, max_tokens)
+        self.overlap = min(settings.chunk_overlap, self.size // 2)
+        self.max_tokens = max_tokens
+        self._count = count_tokens
+        self.fingerprint = f"v{CHUNKER_VERSION}/{self.size}/{self.overlap}/{tokenizer_id}"
+
+        def length(text: str) -> int:
+            return count_tokens([text])[0]
+
+        def splitter(
+            separators: list[str], size: int, overlap: int
+        ) -> RecursiveCharacterTextSplitter:
+            return RecursiveCharacterTextSplitter(
+                separators=separators,
+                is_separator_regex=True,
+                keep_separator="start",
+                chunk_size=size,
+                chunk_overlap=overlap,
+                length_function=length,
+                strip_whitespace=True,
+            )
+
+        self._make = splitter
+        self._text = splitter(_TEXT_SEPARATORS, self.size, self.overlap)
+
+    def split_text(self, text: str, *, markdown: bool = False) -> list[tuple[str, int]]:
+        """``(chunk_text, start_offset)`` pairs, each within the token limit."""
+        if not markdown:
+            return self._enforce_limit(_with_offsets(text, self._text.split_text(text)))
+        # Markdown: cut at headings (outside code fences) first, pack small neighbouring
+        # sections together, and split long sections with the recursive splitter.
+        pieces: list[tuple[str, int]] = []
+        buf: list[tuple[str, int]] = []
+        buf_tokens = 0
+        sections = [(t, s) for t, s in _sections(text) if t.strip()]
+        counts = self._count([t for t, _ in sections])
+        for (section, start), n in zip(sections, counts, strict=True):
+            if buf and buf_tokens + n <= self.size:
+                buf.append((section, start))
+                buf_tokens += n
+                continue
+            if buf:
+                pieces.append(_join(buf))
+                buf, buf_tokens = [], 0
+            if n <= self.size:
+                buf, buf_tokens = [(section, start)], n
+            else:
+                parts = _with_offsets(section, self._text.split_text(section))
+                pieces.extend((t, start + s) for t, s in parts)
+        if buf:
+            pieces.append(_join(buf))
+        return self._enforce_limit(self._attach_lone_headings(pieces))
+
+    def _attach_lone_headings(self, pieces: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        # A heading cut off from its section (the section was too long to join it) is put in
+        # front of the section's first chunk when the two fit together.
+        out: list[tuple[str, int]] = []
+        i = 0
+        while i < len(pieces):
+            text, start = pieces[i]
+            if i + 1 < len(pieces) and all(
+                _HEADING.match(ln) for ln in text.split("\n") if ln.strip()
+            ):
+                nxt, _ = pieces[i + 1]
+                joined = f"{text}\n\n{nxt}"
+                if self._count([joined])[0] <= self.max_tokens:
+                    out.append((joined, start))
+                    i += 2
+                    continue
+            out.append((text, start))
+            i += 1
+        return out
+
+    def _enforce_limit(self, pieces: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        counts = self._count([t for t, _ in pieces])
+        if all(c <= self.max_tokens for c in counts):
+            return pieces
+        out: list[tuple[str, int]] = []
+        for (text, start), n in zip(pieces, counts, strict=True):
+            if n <= self.max_tokens:
+                out.append((text, start))
+                continue
+            # The splitter's length estimate adds up its pieces; the joined text can tokenise
+            # longer. Cut this one again with a proportionally smaller target.
+            size = max(8, int(self.max_tokens * self.max_tokens / n) - 4)
+            sub = self._make(_TEXT_SEPARATORS, size, 0).split_text(text)
+            out.extend(self._enforce_limit([(t, start + s) for t, s in _with_offsets(text, sub)]))
+        return out
+
+    def chunk(self, docs: Sequence[Document]) -> list[Chunk]:
+        """Chunks of the documents of one source (a file, or the pages of one PDF), with ids
+        derived from the source, the chunker settings and the chunk's text."""
+        chunks: list[Chunk] = []
+        seen: Counter[str] = Counter()
+        for doc in docs:
+            markdown = doc.format == "markdown"
+            headings = _heading_index(doc.text) if markdown else None
+            for text, start in self.split_text(doc.text, markdown=markdown):
+                meta: Metadata = dict(doc.metadata)
+                meta.setdefault("source", doc.source)
+                if headings is not None:
+                    path = headings.path_at(start, text)
+                    if path:
+                        meta["heading"] = path
+                meta["chunk_index"] = len(chunks)
+                key = f"{doc.source}\x1f{self.fingerprint}\x1f{text}"
+                seen[key] += 1
+                chunks.append(Chunk(id=chunk_id(key, seen[key]), text=text, metadata=meta))
+        return chunks
+
+
+def _sections(text: str) -> list[tuple[str, int]]:
+    """Markdown text cut before each heading line that is not inside a code fence."""
+    cuts = [0]
+    in_fence = False
+    pos = 0
+    for line in text.split("\n"):
+        if _FENCE.match(line.strip()):
+            in_fence = not in_fence
+        elif not in_fence and pos and _HEADING.match(line):
+            cuts.append(pos)
+        pos += len(line) + 1
+    cuts.append(len(text))
+    return [(text[a:b].strip("\n"), a) for a, b in itertools.pairwise(cuts)]
+
+
+def _join(parts: list[tuple[str, int]]) -> tuple[str, int]:
+    return "\n\n".join(t.strip() for t, _ in parts), parts[0][1]
+
+
+def _with_offsets(text: str, parts: list[str]) -> list[tuple[str, int]]:
+    """Each part with its character offset in ``text`` (parts are in order, may overlap)."""
+    out: list[tuple[str, int]] = []
+    cursor = 0
+    for part in parts:
+        if not part.strip():
+            continue
+        at = text.find(part, cursor)
+        if at < 0:
+            at = text.find(part)
+        at = max(at, 0)
+        out.append((part, at))
+        cursor = at + 1
+    return out
+
+
+def chunk_id(key: str, occurrence: int) -> str:
+    """A UUID-shaped id (every backend accepts those) from the chunk's identity."""
+    digest = hashlib.sha256(f"{key}\x1f{occurrence}".encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=5))
+
+
+class _HeadingIndex:
+    def __init__(self, offsets: list[int], paths: list[str]) -> None:
+        self.offsets = offsets
+        self.paths = paths
+
+    def path_at(self, start: int, text: str) -> str:
+        # The heading in force where the chunk starts; a chunk that begins with a heading
+        # line belongs under that heading.
+        first_line = text.lstrip().split("\n", 1)[0]
+        probe = start + len(first_line) if _HEADING.match(first_line) else start
+        i = bisect.bisect_right(self.offsets, probe) - 1
+        return self.paths[i] if i >= 0 else ""
+
+
+def _heading_index(text: str) -> _HeadingIndex:
+    offsets: list[int] = []
+    paths: list[str] = []
+    stack: list[tuple[int, str]] = []
+    in_fence = False
+    pos = 0
+    for line in text.split("\n"):
+        if _FENCE.match(line.strip()):
+            in_fence = not in_fence
+        elif not in_fence and (m := _HEADING.match(line)):
+            level = len(m.group(1))
+            while stack and stack[-1][0] >= level:
+                stack.pop()
+            stack.append((level, m.group(2).strip()))
+            offsets.append(pos)
+            paths.append(" > ".join(title for _, title in stack))
+        pos += len(line) + 1
+    return _HeadingIndex(offsets, paths)

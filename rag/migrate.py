@@ -1,0 +1,104 @@
+"""Copying a collection between vector stores without re-embedding."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from typing import Any
+
+from rag.collection import Collection, Manifest, collection_dir
+from rag.config import Settings
+from rag.errors import CollectionNotFoundError, StoreError
+
+
+def migrate(
+    settings: Settings,
+    *,
+    source_store: str,
+    target_store: str,
+    target_url: str | None = None,
+    batch_size: int = 1000,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Copy ``settings.collection`` from ``source_store`` to ``target_store``: vectors, texts,
+    metadata and the ingest record, in batches. The target ends up with exactly the source's
+    chunks (extra ones are removed), and the counts are verified."""
+    if source_store == target_store and target_url == settings.store_url:
+        raise StoreError("source and target are the same store; name another with --to or --to-url")
+    started = time.perf_counter()
+    src_settings = settings.with_(store=source_store)
+    dst_settings = replace(settings.with_(store=target_store), store_url=target_url)
+    src = Collection(src_settings)
+    if src.manifest is None:
+        raise CollectionNotFoundError(
+            f"collection {settings.collection!r} has no manifest in {source_store}"
+        )
+    dst_dir = collection_dir(dst_settings)
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    manifest_file = dst_dir / "manifest.json"
+    if manifest_file.exists():
+        existing = Manifest.load(manifest_file)
+        if (existing.embed_model, existing.embed_backend, existing.dim) != (
+            src.manifest.embed_model,
+            src.manifest.embed_backend,
+            src.manifest.dim,
+        ):
+            raise StoreError(
+                f"collection {settings.collection!r} already exists in {target_store} with another "
+                f"embedder ({existing.embed_model}, {existing.dim}d); drop it first"
+            )
+    m = replace(src.manifest, store=target_store)
+    m.save(manifest_file)
+    dst = Collection(dst_settings)
+    bar = None
+    try:
+        with src.lock(), dst.lock():
+            total = src.store.count()
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(
+                    total=total,
+                    unit="chunk",
+                    desc=f"{source_store} → {target_store}",
+                    file=sys.stderr,
+                )
+            seen: set[str] = set()
+            copied = 0
+            for chunks, vectors in src.store.scan(batch_size=batch_size):
+                dst.store.upsert(chunks, vectors)
+                seen.update(c.id for c in chunks)
+                copied += len(chunks)
+                if bar is not None:
+                    bar.update(len(chunks))
+            extra = [
+                c.id
+                for batch, _ in dst.store.scan(batch_size=batch_size)
+                for c in batch
+                if c.id not in seen
+            ]
+            if extra:
+                dst.store.delete(extra)
+            dst.records.copy_from(src.records)
+            source_count, target_count = src.store.count(), dst.store.count()
+            if source_count != target_count:
+                raise StoreError(
+                    f"migration incomplete: {source_count} chunks in {source_store} but "
+                    f"{target_count} in {target_store}"
+                )
+    finally:
+        if bar is not None:
+            bar.close()
+        src.close()
+        dst.close()
+    return {
+        "collection": settings.collection,
+        "from": source_store,
+        "to": target_store,
+        "copied": copied,
+        "removed_extra": len(extra),
+        "source_count": source_count,
+        "target_count": target_count,
+        "seconds": round(time.perf_counter() - started, 3),
+    }

@@ -1,0 +1,121 @@
+"""Plain data types shared by connectors, stores, retrieval and generation."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+#: Metadata values are scalars, so that every backend can store and filter them alike.
+MetadataValue: TypeAlias = str | int | float | bool
+Metadata: TypeAlias = dict[str, MetadataValue]
+
+_METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def check_metadata(metadata: Mapping[str, Any]) -> Metadata:
+    """Return ``metadata`` as a plain dict, or raise ``ValueError`` naming the bad entry.
+
+    Keys are identifiers (letters, digits, underscore; at most 64 characters) because some
+    backends address metadata fields by name in their query language; values are scalars.
+    """
+    out: Metadata = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not _METADATA_KEY.match(key):
+            raise ValueError(f"metadata key {key!r} is not an identifier of at most 64 characters")
+        if value is None:
+            continue
+        if not isinstance(value, str | int | float | bool):
+            raise ValueError(
+                f"metadata value for {key!r} has type {type(value).__name__}; "
+                "only str, int, float and bool are stored"
+            )
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A unit of text read by a connector: a file, or one page of a PDF.
+
+    ``source`` identifies where it came from (for files, the absolute path); ``metadata``
+    carries what every chunk cut from it inherits (title, page, mtime, content hash, ...).
+    """
+
+    source: str
+    text: str
+    metadata: Metadata = field(default_factory=dict)
+    #: Markup of the text, which chooses the splitter: "text" or "markdown".
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A source that could not be read, with the reason in words a user can act on."""
+
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of a document small enough to embed in one pass of the model."""
+
+    id: str
+    text: str
+    metadata: Metadata = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return str(self.metadata.get("source", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A search result. ``score`` is always "higher is better" (cosine similarity for the
+    dense stores, BM25 score or fused score for the other retrieval modes)."""
+
+    id: str
+    score: float
+    chunk: Chunk
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "text": self.chunk.text,
+            "score": round(float(self.score), 6),
+            "source": self.chunk.source,
+            "metadata": dict(self.chunk.metadata),
+        }
+
+
+@dataclass(slots=True)
+class Answer:
+    """A generated answer with the passages it was given.
+
+    ``sources`` are the retrieved passages in the order they were numbered in the prompt
+    (passage ``[n]`` is ``sources[n - 1]``); ``citations`` lists the numbers the answer
+    actually cites, in order of first appearance.
+    """
+
+    text: str
+    sources: list[Hit]
+    model: str
+    generator: str
+    citations: list[int] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cited(self) -> list[Hit]:
+        return [self.sources[n - 1] for n in self.citations if 0 < n <= len(self.sources)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "answer": self.text,
+            "sources": [hit.to_json() for hit in self.sources],
+            "citations": list(self.citations),
+            "model": self.model,
+            "generator": self.generator,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }

@@ -1,0 +1,448 @@
+"""FAISS in process: the embedded default.
+
+Durability comes from SQLite, not from the FAISS file. Each collection is a folder with
+``chunks.sqlite`` (ids, texts, metadata and the vectors themselves, written in one
+transaction per call, WAL mode) and ``index.faiss``, a snapshot of the in-memory index
+saved on close and tagged with the SQLite write generation it reflects. Opening loads the
+snapshot when its generation matches and otherwise rebuilds the index from SQLite, so a
+process killed at any moment loses nothing that a call had returned from, and never leaves
+the two disagreeing. The cost is that vectors are stored twice on disk.
+
+Search is exact inner product (``IndexFlatIP``) by default; ``index=hnsw`` builds an HNSW
+graph (``hnsw_m``, ``ef_construction``, ``ef_search``). HNSW cannot remove points, so
+replaced or deleted rows are masked out of searches until the next rebuild (on open, or
+once a fifth of the graph is masked).
+
+Filters are translated to SQL over the JSON metadata and applied before ranking: the
+matching row ids become a FAISS ``IDSelector``, and small selections are ranked exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from rag.errors import CollectionNotFoundError, DimensionMismatchError, StoreError
+from rag.filters import ALL_OPS, And, Comparison, Filter, Not, Or
+from rag.types import Chunk, Hit
+from vectorstores.base import (
+    Capabilities,
+    StoreConfig,
+    check_k,
+    check_query,
+    check_unique_ids,
+    check_vectors,
+    read_options,
+)
+
+_DEFAULTS: dict[str, str | int] = {
+    "index": "flat",
+    "hnsw_m": 32,
+    "ef_construction": 200,
+    "ef_search": 64,
+}
+_SQL_BATCH = 500  # ids per "IN (...)" (SQLite allows 32,766 variables; keep statements small)
+
+
+class FaissStore:
+    """One collection: a folder under ``config.data_dir`` named after it."""
+
+    name: ClassVar[str] = "faiss"
+    capabilities: ClassVar[Capabilities] = Capabilities(filter_ops=ALL_OPS, exact_search=True)
+
+    def __init__(
+        self, collection: str, *, dim: int, config: StoreConfig, create: bool = True
+    ) -> None:
+        import faiss
+
+        self._faiss = faiss
+        self.collection = collection
+        opts = read_options(config.options, _DEFAULTS, backend=self.name)
+        if opts["index"] not in ("flat", "hnsw"):
+            raise StoreError(f"faiss option index={opts['index']!r}: choose flat or hnsw")
+        self._opts = opts
+        if opts["index"] == "hnsw":
+            self.capabilities = Capabilities(filter_ops=ALL_OPS, exact_search=False)
+        self.path = Path(config.data_dir) / collection
+        db_file = self.path / "chunks.sqlite"
+        if not db_file.exists():
+            if not create:
+                raise CollectionNotFoundError(
+                    f"faiss collection {collection!r} does not exist in {self.path.parent}"
+                )
+            self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(db_file, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS chunks (
+                rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+                id TEXT NOT NULL UNIQUE,
+                text TEXT NOT NULL,
+                metadata TEXT NOT NULL,
+                vector BLOB NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            """
+        )
+        stored_dim = self._state("dim")
+        if stored_dim is None:
+            self._set_state("dim", str(dim))
+            self._set_state("generation", "0")
+        elif int(stored_dim) != dim:
+            self._db.close()
+            raise DimensionMismatchError(
+                f"faiss collection {collection!r} holds {stored_dim}-dimensional vectors, not {dim}; "
+                "use the embedder that built it, or ingest into a new collection"
+            )
+        self.dim = dim
+        self._masked: set[int] = set()
+        self._seen = -1
+        self._saved_generation = -1
+        self._index = self._load_or_build()
+
+    # --- persistence -----------------------------------------------------------------------
+
+    def _state(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_state(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", (key, value))
+
+    def _generation(self) -> int:
+        return int(self._state("generation") or 0)
+
+    def _new_index(self) -> Any:
+        faiss = self._faiss
+        if self._opts["index"] == "hnsw":
+            inner = faiss.IndexHNSWFlat(
+                self.dim, int(self._opts["hnsw_m"]), faiss.METRIC_INNER_PRODUCT
+            )
+            inner.hnsw.efConstruction = int(self._opts["ef_construction"])
+            inner.hnsw.efSearch = int(self._opts["ef_search"])
+        else:
+            inner = faiss.IndexFlatIP(self.dim)
+        return faiss.IndexIDMap2(inner)
+
+    def _snapshot_paths(self) -> tuple[Path, Path]:
+        return self.path / "index.faiss", self.path / "index.json"
+
+    def _load_or_build(self) -> Any:
+        """The index for the current SQLite state; sets ``_seen`` to its generation."""
+        index_file, info_file = self._snapshot_paths()
+        self._db.execute("BEGIN")  # one consistent read of the generation and the rows
+        try:
+            gen = self._generation()
+            if index_file.exists() and info_file.exists():
+                try:
+                    info = json.loads(info_file.read_text())
+                    if info.get("generation") == gen and info.get("index") == self._opts["index"]:
+                        index = self._faiss.read_index(str(index_file))
+                        self._masked = set(info.get("masked", []))
+                        self._seen = self._saved_generation = gen
+                        return index
+                except (OSError, ValueError, RuntimeError):
+                    pass  # an unreadable snapshot is rebuilt from SQLite below
+            self._masked = set()
+            index = self._new_index()
+            cur = self._db.execute("SELECT rowid, vector FROM chunks ORDER BY rowid")
+            while rows := cur.fetchmany(20000):
+                ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
+                index.add_with_ids(vecs.reshape(len(rows), self.dim), ids)
+            self._seen, self._saved_generation = gen, -1
+            return index
+        finally:
+            self._db.execute("COMMIT")
+
+    def save(self) -> None:
+        """Write the in-memory index snapshot (done on close; a missing or stale snapshot
+        only costs a rebuild on the next open)."""
+        with self._lock:
+            gen = self._generation()
+            if gen == self._saved_generation:
+                return
+            index_file, info_file = self._snapshot_paths()
+            tmp = index_file.with_suffix(".faiss.tmp")
+            self._faiss.write_index(self._index, str(tmp))
+            os.replace(tmp, index_file)
+            info = {"generation": gen, "index": self._opts["index"], "masked": sorted(self._masked)}
+            tmp_info = info_file.with_suffix(".json.tmp")
+            tmp_info.write_text(json.dumps(info))
+            os.replace(tmp_info, info_file)
+            self._saved_generation = gen
+
+    def _sync(self) -> None:
+        # Another process may have written since this one loaded: rebuild to catch up.
+        if self._generation() != self._seen:
+            self._index = self._load_or_build()
+
+    # --- the contract ----------------------------------------------------------------------
+
+    def upsert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        vecs = check_vectors(
+            vectors, self.dim, rows=len(chunks), backend=self.name, collection=self.collection
+        )
+        if not chunks:
+            return
+        check_unique_ids(chunks)
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                stale = self._generation() != self._seen
+                old = self._rowids([c.id for c in chunks])
+                if old:
+                    db.executemany(
+                        "DELETE FROM chunks WHERE rowid = ?", [(r,) for r in old.values()]
+                    )
+                db.executemany(
+                    "INSERT INTO chunks (id, text, metadata, vector) VALUES (?, ?, ?, ?)",
+                    [
+                        (
+                            c.id,
+                            c.text,
+                            json.dumps(c.metadata, ensure_ascii=False),
+                            vecs[i].tobytes(),
+                        )
+                        for i, c in enumerate(chunks)
+                    ],
+                )
+                new = self._rowids([c.id for c in chunks])
+                gen = self._bump(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if stale:
+                self._index = self._load_or_build()
+                return
+            self._forget(list(old.values()))
+            self._index.add_with_ids(vecs, np.array([new[c.id] for c in chunks], dtype=np.int64))
+            self._seen = gen
+            self._maybe_rebuild()
+
+    def _bump(self, db: sqlite3.Connection) -> int:
+        db.execute("UPDATE state SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+        return self._generation()
+
+    def _forget(self, rowids: list[int]) -> None:
+        if not rowids:
+            return
+        if self._opts["index"] == "hnsw":
+            self._masked.update(rowids)
+        else:
+            self._index.remove_ids(np.array(rowids, dtype=np.int64))
+
+    def _maybe_rebuild(self) -> None:
+        if self._masked and len(self._masked) > 0.2 * max(1, self._index.ntotal):
+            self._index = self._load_or_build()
+
+    def _rowids(self, ids: Sequence[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for start in range(0, len(ids), _SQL_BATCH):
+            part = list(ids[start : start + _SQL_BATCH])
+            marks = ",".join("?" * len(part))
+            out.update(
+                self._db.execute(
+                    f"SELECT id, rowid FROM chunks WHERE id IN ({marks})", part
+                ).fetchall()
+            )
+        return out
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                stale = self._generation() != self._seen
+                found = self._rowids(list(ids))
+                db.executemany("DELETE FROM chunks WHERE rowid = ?", [(r,) for r in found.values()])
+                gen = self._bump(db) if found else self._seen
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if stale:
+                self._index = self._load_or_build()
+                return
+            self._forget(list(found.values()))
+            self._seen = gen
+            self._maybe_rebuild()
+
+    def search(self, vector: np.ndarray, *, k: int = 10, where: Filter | None = None) -> list[Hit]:
+        check_k(k)
+        q = check_query(vector, self.dim, backend=self.name, collection=self.collection).reshape(
+            1, -1
+        )
+        faiss = self._faiss
+        with self._lock:
+            self._sync()
+            allowed: np.ndarray | None = None
+            if where is not None:
+                sql, params = to_sql(where)
+                rows = self._db.execute(f"SELECT rowid FROM chunks WHERE {sql}", params).fetchall()
+                allowed = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                if self._masked:
+                    allowed = allowed[~np.isin(allowed, list(self._masked))]
+                if allowed.size == 0:
+                    return []
+            live = self._index.ntotal - len(self._masked)
+            if live <= 0:
+                return []
+            kk = min(k, live if allowed is None else int(allowed.size))
+            hnsw = self._opts["index"] == "hnsw"
+            ef = max(int(self._opts["ef_search"]), kk)
+            if hnsw and allowed is not None and allowed.size <= max(2048, live // 50):
+                # HNSW walks badly through a graph where few nodes qualify: rank a small
+                # selection exactly instead.
+                scores, ids = self._exact_subset(q, allowed, kk)
+            else:
+                params = None
+                sel = None
+                if allowed is not None:
+                    sel = faiss.IDSelectorBatch(allowed)
+                elif self._masked:
+                    sel = faiss.IDSelectorNot(
+                        faiss.IDSelectorBatch(np.array(sorted(self._masked), dtype=np.int64))
+                    )
+                if hnsw:
+                    params = faiss.SearchParametersHNSW(efSearch=ef)
+                    if sel is not None:
+                        params.sel = sel
+                elif sel is not None:
+                    params = faiss.SearchParameters(sel=sel)
+                d, i = self._index.search(q, kk, params=params)
+                scores, ids = d[0], i[0]
+            pairs = [(int(r), float(s)) for r, s in zip(ids, scores, strict=True) if r >= 0]
+            chunks = self._by_rowid([r for r, _ in pairs])
+        return [Hit(chunks[r].id, s, chunks[r]) for r, s in pairs if r in chunks]
+
+    def _exact_subset(
+        self, q: np.ndarray, allowed: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        vecs = np.vstack([self._index.reconstruct(int(r)) for r in allowed])
+        scores = vecs @ q[0]
+        top = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
+        order = top[np.argsort(-scores[top], kind="stable")]
+        return scores[order], allowed[order]
+
+    def _by_rowid(self, rowids: list[int]) -> dict[int, Chunk]:
+        out: dict[int, Chunk] = {}
+        for start in range(0, len(rowids), _SQL_BATCH):
+            part = rowids[start : start + _SQL_BATCH]
+            marks = ",".join("?" * len(part))
+            for rowid, cid, text, meta in self._db.execute(
+                f"SELECT rowid, id, text, metadata FROM chunks WHERE rowid IN ({marks})", part
+            ):
+                out[rowid] = Chunk(cid, text, json.loads(meta))
+        return out
+
+    def get(self, ids: Sequence[str]) -> list[Chunk]:
+        found: dict[str, Chunk] = {}
+        with self._lock:
+            for start in range(0, len(ids), _SQL_BATCH):
+                part = list(ids[start : start + _SQL_BATCH])
+                marks = ",".join("?" * len(part))
+                for cid, text, meta in self._db.execute(
+                    f"SELECT id, text, metadata FROM chunks WHERE id IN ({marks})", part
+                ):
+                    found[cid] = Chunk(cid, text, json.loads(meta))
+        return [found[i] for i in ids if i in found]
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+
+    def scan(self, *, batch_size: int = 1000) -> Iterator[tuple[list[Chunk], np.ndarray]]:
+        last = 0
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT rowid, id, text, metadata, vector FROM chunks WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    (last, batch_size),
+                ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            chunks = [Chunk(r[1], r[2], json.loads(r[3])) for r in rows]
+            vecs = np.frombuffer(b"".join(r[4] for r in rows), dtype=np.float32).reshape(
+                len(rows), self.dim
+            )
+            yield chunks, vecs.copy()
+
+    def drop(self) -> None:
+        with self._lock:
+            self._db.close()
+            shutil.rmtree(self.path, ignore_errors=True)
+            self._index = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._index is None:
+                return
+            try:
+                self.save()
+            finally:
+                self._db.close()
+                self._index = None
+
+
+# --- filter translation: the portable language to SQLite over JSON metadata ------------------
+
+
+def to_sql(flt: Filter) -> tuple[str, list[Any]]:
+    """A WHERE clause over ``chunks.metadata`` with the reference semantics: every
+    comparison on a missing field is false, booleans only equal booleans."""
+    if isinstance(flt, And):
+        parts = [to_sql(f) for f in flt.items]
+        return "(" + " AND ".join(p for p, _ in parts) + ")", [x for _, ps in parts for x in ps]
+    if isinstance(flt, Or):
+        parts = [to_sql(f) for f in flt.items]
+        return "(" + " OR ".join(p for p, _ in parts) + ")", [x for _, ps in parts for x in ps]
+    if isinstance(flt, Not):
+        sql, params = to_sql(flt.item)
+        return f"(NOT {sql})", params
+    return _comparison(flt)
+
+
+def _comparison(c: Comparison) -> tuple[str, list[Any]]:
+    path = f"$.{c.field}"  # field names are identifiers, checked by the parser
+    jtype = f"json_type(metadata, '{path}')"
+    value = f"json_extract(metadata, '{path}')"
+    if c.op in ("$eq", "$ne", "$in", "$nin"):
+        operands = c.value if isinstance(c.value, tuple) else (c.value,)
+        terms: list[str] = []
+        params: list[Any] = []
+        for v in operands:
+            if isinstance(v, bool):
+                terms.append(f"{jtype} = ?")
+                params.append("true" if v else "false")
+            elif isinstance(v, int | float):
+                terms.append(f"({jtype} IN ('integer', 'real') AND {value} = ?)")
+                params.append(v)
+            else:
+                terms.append(f"({jtype} = 'text' AND {value} = ?)")
+                params.append(v)
+        match = "(" + " OR ".join(terms) + ")"
+        if c.op in ("$eq", "$in"):
+            return f"COALESCE({match}, 0)", params
+        return f"({jtype} IS NOT NULL AND {jtype} != 'null' AND NOT COALESCE({match}, 0))", params
+    sym = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[c.op]
+    return f"COALESCE(({jtype} IN ('integer', 'real') AND {value} {sym} ?), 0)", [c.value]
