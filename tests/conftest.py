@@ -1,0 +1,63 @@
+"""Shared fixtures. Tests run offline: nothing may be downloaded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests choose generators explicitly; an endpoint in the developer's shell must not leak in.
+for var in (
+    "OPENAI_BASE_URL",
+    "OPENAI_API_KEY",
+    "RAG_DATA_DIR",
+    "RAG_COLLECTION",
+    "RAG_STORE",
+    "RAG_EMBED_MODEL",
+    "RAG_EMBED_BACKEND",
+    "RAG_GENERATOR",
+    "RAG_PG_DSN",
+):
+    os.environ.pop(var, None)
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "datasets"
+DATA = ROOT / "data"
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    """../shared/datasets: skipped where absent (a user's clone), an error in CI."""
+    if not SHARED.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{SHARED} is missing, and CI must run the dataset tests")
+        pytest.skip(f"{SHARED} is not present (it sits beside the repository in CI)")
+    return SHARED
+
+
+@pytest.fixture
+def hashing_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for CLI runs with the model-free hashing embedder in a fresh data dir."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "RAG_DATA_DIR": str(tmp_path / "rag"),
+            "RAG_EMBED_MODEL": "hashing-384",
+            "RAG_EMBED_BACKEND": "hashing",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def sample_corpus(tmp_path: Path) -> Path:
+    """A private copy of data/ that a test may change."""
+    dest = tmp_path / "corpus"
+    shutil.copytree(DATA, dest)
+    return dest

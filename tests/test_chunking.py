@@ -1,0 +1,107 @@
+"""Chunking: sized in the model's tokens, never over its limit, stable ids, headings."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from rag.chunking import Chunker, ChunkerSettings
+from rag.embeddings import HashingEmbedder, load_embedder
+from rag.types import Document
+
+
+def _chunker(emb, size: int = 200, overlap: int = 32) -> Chunker:
+    return Chunker(
+        ChunkerSettings(size, overlap),
+        count_tokens=emb.count_tokens,
+        max_tokens=emb.max_tokens,
+        tokenizer_id=emb.id,
+    )
+
+
+def _nasty_text(seed: int) -> str:
+    rng = random.Random(seed)
+    alphabet = (
+        "abcdefghijklmnopqrstuvwxyzÄÖÜßéèçñ漢字仮名한국어Ωπ∑0123456789-_/.:;,!?()[]{}<>@#$%^&*"
+    )
+    words = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(4000)]
+    paragraphs = [" ".join(words[i : i + rng.randint(5, 400)]) for i in range(0, 4000, 200)]
+    return "\n\n".join(paragraphs) + "\n" + "x" * 5000  # and one enormous "word"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [200, 254, 400])
+def test_no_chunk_exceeds_the_model_limit(size: int) -> None:
+    emb = load_embedder()
+    chunker = _chunker(emb, size=size, overlap=min(32, size // 4))
+    docs = [
+        Document("/t/nasty.txt", _nasty_text(1)),
+        Document(
+            "/t/nasty.md",
+            "# Title\n\n" + _nasty_text(2) + "\n\n## More\n\n```\n# code\n```\n",
+            format="markdown",
+        ),
+    ]
+    chunks = chunker.chunk(docs[:1]) + chunker.chunk(docs[1:])
+    assert len(chunks) > 50
+    # The real tokenizer, special tokens included, against the model's max_seq_length.
+    tok = emb._model.tokenizer
+    lengths = [
+        len(ids) for ids in tok([c.text for c in chunks], add_special_tokens=True)["input_ids"]
+    ]
+    assert max(lengths) <= emb._model.max_seq_length == 256
+    assert chunker.size == min(size, 254)
+
+
+def test_ids_are_stable_and_depend_on_source_and_settings() -> None:
+    emb = HashingEmbedder(32)
+    text = "\n\n".join(f"Paragraph {i} " + "word " * 40 for i in range(12))
+    a = _chunker(emb, 64, 8).chunk([Document("/a.txt", text)])
+    again = _chunker(emb, 64, 8).chunk([Document("/a.txt", text)])
+    other_source = _chunker(emb, 64, 8).chunk([Document("/b.txt", text)])
+    other_size = _chunker(emb, 48, 8).chunk([Document("/a.txt", text)])
+    assert [c.id for c in a] == [c.id for c in again]
+    assert not {c.id for c in a} & {c.id for c in other_source}
+    assert not {c.id for c in a} & {c.id for c in other_size}
+    assert len({c.id for c in a}) == len(a)
+
+
+def test_repeated_text_gets_distinct_ids() -> None:
+    emb = HashingEmbedder(32)
+    chunks = _chunker(emb, 16, 0).chunk([Document("/r.txt", "same words here again\n\n" * 6)])
+    assert len(chunks) >= 2
+    assert len({c.id for c in chunks}) == len(chunks)
+
+
+def test_size_and_overlap_in_tokens() -> None:
+    emb = HashingEmbedder(32)
+    words = [f"w{i}" for i in range(1000)]
+    chunks = _chunker(emb, 100, 20).chunk([Document("/w.txt", " ".join(words))])
+    counts = emb.count_tokens([c.text for c in chunks])
+    assert max(counts) <= 100
+    assert min(counts[:-1]) >= 80
+    first, second = chunks[0].text.split(), chunks[1].text.split()
+    shared = set(first) & set(second)
+    assert 10 <= len(shared) <= 20  # overlap, in tokens
+
+
+def test_markdown_headings_and_metadata() -> None:
+    emb = HashingEmbedder(32)
+    md = (
+        "# Guide\n\nIntro.\n\n## Install\n\n"
+        + "Install words. " * 80
+        + "\n\n```bash\n# a comment, not a heading\npip install x\n```\n\n## Use\n\nUse it.\n"
+    )
+    doc = Document("/g.md", md, {"source": "/g.md", "title": "Guide", "page": 2}, format="markdown")
+    chunks = _chunker(emb, 64, 0).chunk([doc])
+    headings = [c.metadata.get("heading") for c in chunks]
+    assert headings[0] == "Guide"
+    assert "Guide > Install" in headings
+    assert headings[-1] == "Guide > Use"
+    assert all("a comment, not a heading" not in (h or "") for h in headings)
+    assert all(c.metadata["title"] == "Guide" and c.metadata["page"] == 2 for c in chunks)
+    assert [c.metadata["chunk_index"] for c in chunks] == list(range(len(chunks)))
+    # A heading cut off from a long section travels with the section's first chunk.
+    install = next(c for c in chunks if c.metadata.get("heading") == "Guide > Install")
+    assert install.text.startswith("## Install\n\nInstall words.")
