@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import time
@@ -37,11 +38,18 @@ from rag.config import (
     DEFAULT_EMBED_MODEL,
     Settings,
 )
-from rag.errors import CollectionNotFoundError, ConfigError, EmbedderMismatchError, LockedError
+from rag.errors import (
+    CollectionNotFoundError,
+    ConfigError,
+    EmbedderMismatchError,
+    LockedError,
+    StoreCorruptedError,
+)
 from rag.filters import Filter, parse
 from rag.types import Answer, Hit
 
 MANIFEST_VERSION = 1
+logger = logging.getLogger("rag")
 
 
 @dataclass
@@ -283,6 +291,17 @@ class Collection:
             m.versions = _versions()
             m.save(self.path / "manifest.json")
         return report
+
+    def _rebuild(self, error: StoreCorruptedError) -> list[str]:
+        """Empty a damaged collection so that the ingest re-adds every source; returns the
+        recorded sources that still exist, to ingest along with the paths asked for."""
+        logger.warning("%s; rebuilding %r from its sources", error, self.name)
+        sources = [r.source for r in self.records.all() if Path(r.source).exists()]
+        self.store.drop()
+        self._store = None
+        self._retriever = None
+        self.records.clear()
+        return sources
 
     def _refresh_bm25(self) -> None:
         # Keep the keyword index in step with the collection when it is in use (it exists)

@@ -36,6 +36,11 @@ class StoreError(RagError):
     """A vector store operation failed."""
 
 
+class StoreCorruptedError(StoreError):
+    """The engine's files are damaged (an embedded engine killed mid-write). An ingest
+    rebuilds the collection from its recorded sources and the embedding cache."""
+
+
 class CollectionNotFoundError(StoreError):
     """The named collection does not exist."""
 

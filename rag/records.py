@@ -139,6 +139,12 @@ class RecordStore:
             self._db.executemany("DELETE FROM sources WHERE source = ?", [(s,) for s in sources])
             self._bump()
 
+    def clear(self) -> None:
+        """Forget every source (the store was emptied)."""
+        with self._transaction():
+            self._db.execute("DELETE FROM sources")
+            self._bump()
+
     def copy_from(self, other: RecordStore) -> None:
         """Replace this record with another's (after a migration)."""
         with self._transaction():

@@ -61,3 +61,22 @@ def sample_corpus(tmp_path: Path) -> Path:
     dest = tmp_path / "corpus"
     shutil.copytree(DATA, dest)
     return dest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # As root (CI, containers) the embedded PostgreSQL runs as an unprivileged account, which
+    # must be able to enter the test folders; pytest's default /tmp/pytest-of-root is 0700.
+    # ragkit never loosens permissions itself, so the test harness prepares a traversable base.
+    if os.geteuid() == 0 and not config.option.basetemp and not hasattr(config, "workerinput"):
+        import tempfile
+
+        base = Path(tempfile.mkdtemp(prefix="ragkit-pytest-"))
+        base.chmod(0o711)
+        config.option.basetemp = str(base / "t")
+        config._ragkit_basetemp = base  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    base = getattr(config, "_ragkit_basetemp", None)
+    if base is not None:
+        shutil.rmtree(base, ignore_errors=True)

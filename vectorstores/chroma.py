@@ -1,0 +1,691 @@
+"""Chroma: an embedded ``PersistentClient`` by default, a Chroma server with ``config.url``.
+
+Each ragkit collection is one Chroma collection named ``ragkit_<name>`` (Chroma wants 3-512
+characters that start and end with a letter or digit; a name ending in ``-`` or ``_`` gets
+``.x`` appended, and since ragkit names never hold a dot the mapping stays one-to-one). The
+collection is created in cosine space with ``embedding_function=None``: ragkit always
+passes its own vectors, and Chroma's default embedder would try to download a model. Its
+metadata records ``ragkit:dim``, so opening it with another dimension fails at once.
+Chroma reports cosine *distance*; ``Hit.score`` is ``1 - distance``, the cosine similarity.
+
+Chroma's ``where`` language differs from ragkit's in two ways that the translator
+compensates for. ``$ne`` and ``$nin`` also match records that lack the field, so every
+record carries an internal list of its field names (``ragkit:keys``) and these operators
+add "the field is present". Chroma has no ``$not``, so negation is pushed down to the
+leaves, which needs "the field is not a number" as well (``ragkit:num`` lists the numeric
+fields). Both lists are stripped from what ``get``, ``search`` and ``scan`` return. And
+Chroma truncates a float operand compared with an integer field (``{"n": 2.5}`` matches
+``n == 2``), so an operand with a fractional part is rewritten with integer bounds. The
+rest already holds in Chroma: equality is type-aware (``1`` does not match ``True``, ``2``
+matches ``2.0``) and range operators only match numbers. Every operator is supported.
+
+Chroma's ``upsert`` merges metadata into an existing record, so a replacement first reads
+the old keys and deletes the ones that are gone (a ``None`` value). Writes are cut into
+batches of ``client.get_max_batch_size()``; each batch is atomic, a larger call is not.
+
+Filtered search is Chroma's own (pre-filtered HNSW, exact for small selections). If it ever
+returns fewer hits than ``min(k, matching)``, the matching records are ranked exactly here
+instead, reading their vectors page by page.
+
+The embedded engine keeps one client per folder per process; this module shares it between
+the collections open on that folder and releases it when the last one closes. A process
+only sees what another process wrote to the folder after all its stores on that folder
+were closed and one is opened again (until then its searches may fail or miss the new
+records): use a Chroma server when several processes write.
+
+``config.url`` is ``http(s)://host[:port][?tenant=...&database=...]``. A server's token
+comes only from the environment: ``CHROMA_AUTH_TOKEN``, sent as ``Authorization: Bearer``
+(Chroma's own ``CHROMA_AUTH_TOKEN_TRANSPORT_HEADER=X-Chroma-Token`` switches the header).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+
+from rag.errors import (
+    CollectionNotFoundError,
+    ConfigError,
+    DimensionMismatchError,
+    RagError,
+    StoreCorruptedError,
+    StoreError,
+)
+from rag.filters import ALL_OPS, And, Comparison, Filter, Not, Or, require_supported
+from rag.types import Chunk, Hit, check_metadata
+from vectorstores.base import (
+    Capabilities,
+    StoreConfig,
+    batched,
+    check_k,
+    check_query,
+    check_unique_ids,
+    check_vectors,
+    read_options,
+)
+
+# Chroma's own HNSW defaults; hnsw_m is Chroma's "max_neighbors".
+_DEFAULTS: dict[str, int] = {"hnsw_m": 16, "ef_construction": 100, "ef_search": 100}
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+_PREFIX = "ragkit_"
+_DIM_KEY = "ragkit:dim"
+_FORMAT_KEY = "ragkit:format"
+_KEYS = "ragkit:keys"  # the record's field names, so that "field is present" is expressible
+_NUM = "ragkit:num"  # its numeric fields, so that "field is not a number" is expressible
+_INTERNAL = (_KEYS, _NUM)
+_FORMAT = 1
+_TOKEN_ENV = "CHROMA_AUTH_TOKEN"
+_DEFAULT_BATCH = 5461  # what chromadb 1.5 reports; the client's own value is used when known
+
+
+def chroma_name(collection: str) -> str:
+    """The Chroma collection name for a ragkit collection name (deterministic, one-to-one)."""
+    if not _NAME.match(collection):
+        raise ConfigError(f"collection name {collection!r}: use 1-63 letters, digits, '_' or '-'")
+    name = _PREFIX + collection
+    return name if collection[-1].isalnum() else name + ".x"
+
+
+# --- clients, shared per folder or server within the process ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerAddress:
+    """Where a Chroma server listens, parsed from ``config.url``."""
+
+    host: str
+    port: int
+    ssl: bool
+    tenant: str | None = None
+    database: str | None = None
+
+
+def parse_url(url: str) -> ServerAddress:
+    """``http(s)://host[:port][?tenant=...&database=...]``; the port defaults to 8000 for
+    http and 443 for https. Credentials in the URL are refused: tokens come from the
+    environment."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"chroma URL {url!r}: use http://host:port or https://host")
+    if parts.username or parts.password:
+        raise ConfigError(
+            f"chroma URL {url!r} carries credentials; put the token in ${_TOKEN_ENV} instead"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"chroma URL {url!r} has no host")
+    if parts.path not in ("", "/") or parts.fragment:
+        raise ConfigError(f"chroma URL {url!r}: a path is not supported, give only host and port")
+    try:
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(f"chroma URL {url!r}: bad port") from e
+    query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+    unknown = set(query) - {"tenant", "database"}
+    if unknown:
+        raise ConfigError(
+            f"chroma URL {url!r}: unknown parameter(s) {', '.join(sorted(unknown))}; "
+            "known: tenant, database"
+        )
+    ssl = parts.scheme == "https"
+    return ServerAddress(
+        host=parts.hostname,
+        port=port if port is not None else (443 if ssl else 8000),
+        ssl=ssl,
+        tenant=query["tenant"][-1] if "tenant" in query else None,
+        database=query["database"][-1] if "database" in query else None,
+    )
+
+
+_clients: dict[tuple[str, str], list[Any]] = {}  # key -> [client, number of stores using it]
+_clients_lock = threading.Lock()
+
+
+def _chromadb() -> Any:
+    import chromadb
+
+    # Chroma logs routine events (e.g. clamped n_results) as warnings; keep them from users
+    # unless they configured the logger themselves.
+    for name in ("chromadb", "chromadb.telemetry"):
+        log = logging.getLogger(name)
+        if log.level == logging.NOTSET:
+            log.setLevel(logging.ERROR)
+    return chromadb
+
+
+def _client_key(config: StoreConfig) -> tuple[str, str]:
+    if config.url:
+        return ("url", config.url.strip())
+    return ("path", str(Path(config.data_dir).expanduser().resolve()))
+
+
+def _new_client(key: tuple[str, str]) -> Any:
+    chromadb = _chromadb()
+    from chromadb.config import Settings
+
+    kind, where = key
+    if kind == "path":
+        Path(where).mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(
+            path=where, settings=Settings(anonymized_telemetry=False, allow_reset=False)
+        )
+    address = parse_url(where)
+    settings: dict[str, Any] = {"anonymized_telemetry": False, "allow_reset": False}
+    token = os.environ.get(_TOKEN_ENV)
+    if token:
+        settings["chroma_client_auth_provider"] = (
+            "chromadb.auth.token_authn.TokenAuthClientProvider"
+        )
+        settings["chroma_client_auth_credentials"] = token
+    extra: dict[str, str] = {}
+    if address.tenant is not None:
+        extra["tenant"] = address.tenant
+    if address.database is not None:
+        extra["database"] = address.database
+    return chromadb.HttpClient(
+        host=address.host,
+        port=address.port,
+        ssl=address.ssl,
+        settings=Settings(**settings),
+        **extra,
+    )
+
+
+def _acquire_client(key: tuple[str, str]) -> Any:
+    with _clients_lock:
+        entry = _clients.get(key)
+        if entry is None:
+            try:
+                entry = [_new_client(key), 0]
+            except RagError:
+                raise
+            except Exception as e:
+                raise StoreError(f"chroma: cannot open a client for {key[1]}: {e}") from e
+            _clients[key] = entry
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_client(key: tuple[str, str]) -> None:
+    with _clients_lock:
+        entry = _clients.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _clients[key]
+    # Chroma stops the engine once no client of its own holds it either. Best effort:
+    # every write has already been committed.
+    with suppress(Exception):
+        entry[0].close()
+
+
+# --- the store -------------------------------------------------------------------------------
+
+
+class ChromaStore:
+    """One collection in a Chroma folder (``config.data_dir``) or on a server (``config.url``)."""
+
+    name: ClassVar[str] = "chroma"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        filter_ops=ALL_OPS, exact_search=False, max_batch_size=_DEFAULT_BATCH
+    )
+
+    def __init__(
+        self, collection: str, *, dim: int, config: StoreConfig, create: bool = True
+    ) -> None:
+        self.collection = collection
+        self.chroma_name = chroma_name(collection)
+        opts = read_options(config.options, _DEFAULTS, backend=self.name)
+        for key, value in opts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"chroma option {key}={value!r} must be a positive integer")
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        self.dim = dim
+        self._opts = opts
+        self._lock = threading.RLock()
+        self._key = _client_key(config)
+        self._client: Any = _acquire_client(self._key)
+        try:
+            with self._errors("open"):
+                self._batch = int(self._client.get_max_batch_size())
+            self.capabilities = Capabilities(
+                filter_ops=ALL_OPS, exact_search=False, max_batch_size=self._batch
+            )
+            self._col = self._open(create, explicit=set(config.options))
+        except BaseException:
+            _release_client(self._key)
+            self._client = None
+            raise
+
+    def _describe(self) -> str:
+        return f"chroma collection {self.collection!r} ({self.chroma_name} in {self._key[1]})"
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Turn driver errors into StoreError naming the backend and the collection."""
+        try:
+            yield
+        except RagError:
+            raise
+        except Exception as e:
+            hint = ""
+            if self._key[0] == "path" and "Failed to apply logs" in str(e):
+                # A write interrupted by SIGKILL can leave the embedded HNSW segment torn so
+                # that every later operation fails (chroma-core/chroma#7678, seen with 1.5.9).
+                raise StoreCorruptedError(
+                    f"{self._describe()} was damaged by an interrupted write ({e}); run "
+                    "`rag ingest` on its folder again to rebuild it from the files (vectors come "
+                    "from the embedding cache, nothing is re-embedded)"
+                ) from e
+            if self._key[0] == "path" and type(e).__name__ == "InternalError":
+                # The embedded engine's in-memory index misses what another process wrote.
+                hint = (
+                    "; if another process wrote to this folder, close and reopen the store "
+                    "(or use a Chroma server for several writers)"
+                )
+            raise StoreError(f"{self._describe()}: {action} failed: {e}{hint}") from e
+
+    def _open(self, create: bool, explicit: set[str]) -> Any:
+        from chromadb.errors import NotFoundError
+
+        client = self._client
+        try:
+            col = client.get_collection(self.chroma_name, embedding_function=None)
+        except NotFoundError:
+            col = None
+        except Exception as e:
+            raise StoreError(f"{self._describe()}: open failed: {e}") from e
+        if col is None:
+            if not create:
+                raise CollectionNotFoundError(f"{self._describe()} does not exist")
+            hnsw = {
+                "space": "cosine",
+                "max_neighbors": int(self._opts["hnsw_m"]),
+                "ef_construction": int(self._opts["ef_construction"]),
+                "ef_search": int(self._opts["ef_search"]),
+            }
+            try:
+                return client.create_collection(
+                    self.chroma_name,
+                    embedding_function=None,
+                    configuration={"hnsw": hnsw},
+                    metadata={_DIM_KEY: self.dim, _FORMAT_KEY: _FORMAT},
+                )
+            except Exception as e:  # another process may have created it meanwhile
+                try:
+                    col = client.get_collection(self.chroma_name, embedding_function=None)
+                except Exception:
+                    raise StoreError(f"{self._describe()}: create failed: {e}") from e
+        self._check_existing(col, explicit)
+        return col
+
+    def _check_existing(self, col: Any, explicit: set[str]) -> None:
+        meta = col.metadata or {}
+        if _DIM_KEY not in meta:
+            raise StoreError(
+                f"{self._describe()} was not created by ragkit (no {_DIM_KEY} in its metadata); "
+                "choose another collection name"
+            )
+        stored = int(meta[_DIM_KEY])
+        if stored != self.dim:
+            raise DimensionMismatchError(
+                f"chroma collection {self.collection!r} holds {stored}-dimensional vectors, "
+                f"not {self.dim}; use the embedder that built it, or ingest into a new collection"
+            )
+        hnsw = dict((col.configuration or {}).get("hnsw") or {})
+        if hnsw.get("space", "cosine") != "cosine":
+            raise StoreError(f"{self._describe()} uses the {hnsw.get('space')} space, not cosine")
+        # Construction parameters are fixed when the collection is made; ef_search can change.
+        for opt, field in (("hnsw_m", "max_neighbors"), ("ef_construction", "ef_construction")):
+            if opt in explicit and field in hnsw and int(hnsw[field]) != int(self._opts[opt]):
+                raise ConfigError(
+                    f"{self._describe()} was built with {opt}={hnsw[field]}, which cannot change; "
+                    f"drop the option or ingest into a new collection"
+                )
+        if "ef_search" in explicit and hnsw.get("ef_search") != self._opts["ef_search"]:
+            with self._errors("set ef_search"):
+                col.modify(configuration={"hnsw": {"ef_search": int(self._opts["ef_search"])}})
+
+    def _collection(self) -> Any:
+        if self._client is None:
+            raise StoreError(f"chroma collection {self.collection!r} is closed")
+        return self._col
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def upsert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        vecs = check_vectors(
+            vectors, self.dim, rows=len(chunks), backend=self.name, collection=self.collection
+        )
+        if not chunks:
+            return
+        check_unique_ids(chunks)
+        metas = [_stored_metadata(check_metadata(c.metadata)) for c in chunks]
+        col = self._collection()
+        with self._lock:
+            for start in range(0, len(chunks), self._batch):
+                part = chunks[start : start + self._batch]
+                ids = [c.id for c in part]
+                new = dict(zip(ids, metas[start : start + self._batch], strict=True))
+                with self._errors("upsert"):
+                    # Chroma's upsert merges into the old metadata: delete the keys that go.
+                    old = col.get(ids=ids, include=["metadatas"])
+                    for cid, meta in zip(old["ids"], old["metadatas"], strict=True):
+                        gone = [key for key in meta or {} if key not in (new[cid] or {})]
+                        if gone:
+                            new[cid] = {**(new[cid] or {}), **dict.fromkeys(gone)}
+                    col.upsert(
+                        ids=ids,
+                        embeddings=vecs[start : start + len(part)],
+                        documents=[c.text for c in part],
+                        metadatas=[new[cid] for cid in ids],
+                    )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        col = self._collection()
+        with self._lock:
+            for part in batched(list(ids), self._batch):
+                with self._errors("delete"):
+                    col.delete(ids=list(part))
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def search(self, vector: np.ndarray, *, k: int = 10, where: Filter | None = None) -> list[Hit]:
+        check_k(k)
+        q = check_query(vector, self.dim, backend=self.name, collection=self.collection)
+        require_supported(where, self.capabilities.filter_ops, self.name)
+        native = to_where(where) if where is not None else None
+        col = self._collection()
+        with self._errors("search"):
+            total = col.count()
+            if total == 0:
+                return []
+            n = min(k, total)
+            res = col.query(
+                query_embeddings=q.reshape(1, -1),
+                n_results=n,
+                where=native,
+                include=["documents", "metadatas", "distances"],
+            )
+            hits = [
+                Hit(cid, 1.0 - float(dist), Chunk(cid, doc or "", _user_metadata(meta)))
+                for cid, doc, meta, dist in zip(
+                    res["ids"][0],
+                    res["documents"][0],
+                    res["metadatas"][0],
+                    res["distances"][0],
+                    strict=True,
+                )
+            ]
+            if len(hits) >= n:
+                return hits
+            # HNSW came back short: rank the matching records exactly, if there are more.
+            if native is not None:
+                matching = len(col.get(where=native, include=[])["ids"])
+                if len(hits) >= min(n, matching):
+                    return hits
+            return self._exact_search(col, q, n, native)
+
+    def _exact_search(self, col: Any, q: np.ndarray, k: int, native: dict | None) -> list[Hit]:
+        qn = q / max(float(np.linalg.norm(q)), 1e-12)
+        best_ids: list[str] = []
+        best = np.empty(0, dtype=np.float32)
+        offset = 0
+        while True:
+            page = col.get(where=native, include=["embeddings"], limit=self._batch, offset=offset)
+            if not page["ids"]:
+                break
+            offset += len(page["ids"])
+            emb = np.asarray(page["embeddings"], dtype=np.float32)
+            emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+            ids = best_ids + list(page["ids"])
+            scores = np.concatenate([best, emb @ qn])
+            top = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
+            top = top[np.argsort(-scores[top], kind="stable")]
+            best_ids, best = [ids[i] for i in top], scores[top]
+        chunks = {c.id: c for c in self._get(col, best_ids)}
+        return [
+            Hit(i, float(s), chunks[i]) for i, s in zip(best_ids, best, strict=True) if i in chunks
+        ]
+
+    def get(self, ids: Sequence[str]) -> list[Chunk]:
+        col = self._collection()
+        with self._errors("get"):
+            found = {c.id: c for c in self._get(col, list(ids))}
+        return [found[i] for i in ids if i in found]
+
+    def _get(self, col: Any, ids: list[str]) -> list[Chunk]:
+        out: list[Chunk] = []
+        for part in batched(list(dict.fromkeys(ids)), self._batch):
+            res = col.get(ids=list(part), include=["documents", "metadatas"])
+            out.extend(
+                Chunk(cid, doc or "", _user_metadata(meta))
+                for cid, doc, meta in zip(
+                    res["ids"], res["documents"], res["metadatas"], strict=True
+                )
+            )
+        return out
+
+    def count(self) -> int:
+        col = self._collection()
+        with self._errors("count"):
+            return int(col.count())
+
+    def scan(self, *, batch_size: int = 1000) -> Iterator[tuple[list[Chunk], np.ndarray]]:
+        check_k(batch_size)
+        size = min(batch_size, self._batch)
+        col = self._collection()
+        offset = 0
+        while True:
+            with self._errors("scan"):
+                res = col.get(
+                    include=["documents", "metadatas", "embeddings"], limit=size, offset=offset
+                )
+            if not res["ids"]:
+                return
+            offset += len(res["ids"])
+            chunks = [
+                Chunk(cid, doc or "", _user_metadata(meta))
+                for cid, doc, meta in zip(
+                    res["ids"], res["documents"], res["metadatas"], strict=True
+                )
+            ]
+            yield (
+                chunks,
+                np.asarray(res["embeddings"], dtype=np.float32).reshape(len(chunks), self.dim),
+            )
+
+    # --- lifetime --------------------------------------------------------------------------
+
+    def drop(self) -> None:
+        with self._lock:
+            if self._client is None:
+                raise StoreError(f"chroma collection {self.collection!r} is closed")
+            try:
+                with self._errors("drop"):
+                    self._client.delete_collection(self.chroma_name)
+            finally:
+                self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is None:
+                return
+            self._client = None
+            self._col = None
+            _release_client(self._key)
+
+
+# --- metadata: what ragkit stores beside the user's fields ----------------------------------
+
+
+def _stored_metadata(meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    if not meta:
+        return None  # Chroma refuses an empty dict
+    out: dict[str, Any] = dict(meta)
+    out[_KEYS] = sorted(meta)
+    numeric = sorted(
+        k for k, v in meta.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    )
+    if numeric:
+        out[_NUM] = numeric
+    return out
+
+
+def _user_metadata(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not meta:
+        return {}
+    return {k: v for k, v in meta.items() if k not in _INTERNAL}
+
+
+# --- filter translation: the portable language to Chroma's ``where`` --------------------------
+
+
+def to_where(flt: Filter, *, negate: bool = False) -> dict[str, Any]:
+    """A Chroma ``where`` clause with the reference semantics of ``flt`` (or of its
+    negation): ``$not`` is pushed down to the leaves with De Morgan's laws."""
+    if isinstance(flt, Not):
+        return to_where(flt.item, negate=not negate)
+    if isinstance(flt, And | Or):
+        items = [to_where(f, negate=negate) for f in flt.items]
+        conjunction = isinstance(flt, And) != negate
+        return _join("$and" if conjunction else "$or", items)
+    return _negated(flt) if negate else _positive(flt)
+
+
+def _join(op: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    # Chroma wants at least two clauses under $and / $or; nested ones of the same kind merge.
+    flat: list[dict[str, Any]] = []
+    for item in items:
+        flat.extend(item[op] if set(item) == {op} else [item])
+    return flat[0] if len(flat) == 1 else {op: flat}
+
+
+def _present(field: str) -> dict[str, Any]:
+    return {_KEYS: {"$contains": field}}
+
+
+def _absent(field: str) -> dict[str, Any]:
+    return {_KEYS: {"$not_contains": field}}
+
+
+def _not_number(field: str) -> dict[str, Any]:  # missing, a string or a boolean
+    return {_NUM: {"$not_contains": field}}
+
+
+def _typed_groups(values: tuple[Any, ...]) -> list[list[Any]]:
+    # Chroma wants one type per $in list; bool before int, since bool is an int in Python.
+    groups: dict[type, list[Any]] = {}
+    for v in values:
+        kind = bool if isinstance(v, bool) else type(v)
+        groups.setdefault(kind, []).append(v)
+    return list(groups.values())
+
+
+# Chroma compares an integer field with a float operand after truncating the operand to an
+# integer: {"n": 2.5} matches n == 2, {"n": {"$gte": 2.5}} matches n == 2. Integer operands
+# compare correctly with both kinds of field. So an operand with a fractional part is
+# rewritten: integers are decided by integer bounds, and the native operator only runs in the
+# band strictly between the integers around the operand, where no integer lies.
+
+
+def _fractional(v: Any) -> bool:
+    return isinstance(v, float) and not v.is_integer()
+
+
+def _band(field: str, v: float) -> list[dict[str, Any]]:
+    lo = math.floor(v)
+    return [{field: {"$gt": lo}}, {field: {"$lt": lo + 1}}]
+
+
+def _eq(field: str, v: Any) -> dict[str, Any]:
+    if _fractional(v):
+        return _join("$and", [*_band(field, v), {field: {"$eq": v}}])
+    return {field: {"$eq": v}}
+
+
+def _not_eq(field: str, v: Any) -> dict[str, Any]:
+    """Not equal, or missing: Chroma's own ``$ne``."""
+    if _fractional(v):
+        lo = math.floor(v)
+        inside = _join("$and", [*_band(field, v), {field: {"$ne": v}}])
+        return _join(
+            "$or", [{field: {"$lte": lo}}, {field: {"$gte": lo + 1}}, _not_number(field), inside]
+        )
+    return {field: {"$ne": v}}
+
+
+def _range(field: str, op: str, v: Any) -> dict[str, Any]:
+    # Chroma's range operators match numbers only (not booleans or strings), as the
+    # reference does.
+    if _fractional(v):
+        lo = math.floor(v)
+        integers = {field: {"$gte": lo + 1}} if op in ("$gt", "$gte") else {field: {"$lte": lo}}
+        return _join("$or", [integers, _join("$and", [*_band(field, v), {field: {op: v}}])])
+    return {field: {op: v}}
+
+
+def _in(field: str, values: tuple[Any, ...]) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = []
+    for group in _typed_groups(values):
+        plain = [v for v in group if not _fractional(v)]
+        if plain:
+            parts.append({field: {"$in": plain}})
+        parts.extend(_eq(field, v) for v in group if _fractional(v))
+    return _join("$or", parts)
+
+
+def _not_in(field: str, values: tuple[Any, ...]) -> dict[str, Any]:
+    """In none of ``values``, or missing: Chroma's own ``$nin``."""
+    parts: list[dict[str, Any]] = []
+    for group in _typed_groups(values):
+        plain = [v for v in group if not _fractional(v)]
+        if plain:
+            parts.append({field: {"$nin": plain}})
+        parts.extend(_not_eq(field, v) for v in group if _fractional(v))
+    return _join("$and", parts)
+
+
+_OPPOSITE = {"$gt": "$lte", "$gte": "$lt", "$lt": "$gte", "$lte": "$gt"}
+
+
+def _positive(c: Comparison) -> dict[str, Any]:
+    f, v = c.field, c.value
+    if c.op == "$eq":
+        return _eq(f, v)
+    if c.op == "$ne":  # Chroma's $ne also matches records without the field
+        return _join("$and", [_not_eq(f, v), _present(f)])
+    if c.op == "$in":
+        return _in(f, v)  # type: ignore[arg-type]
+    if c.op == "$nin":
+        return _join("$and", [_not_in(f, v), _present(f)])  # type: ignore[arg-type]
+    return _range(f, c.op, v)
+
+
+def _negated(c: Comparison) -> dict[str, Any]:
+    f, v = c.field, c.value
+    if c.op == "$eq":
+        return _not_eq(f, v)
+    if c.op == "$ne":
+        return _join("$or", [_eq(f, v), _absent(f)])
+    if c.op == "$in":
+        return _not_in(f, v)  # type: ignore[arg-type]
+    if c.op == "$nin":
+        return _join("$or", [_in(f, v), _absent(f)])  # type: ignore[arg-type]
+    # not (f > v): f is a number <= v, or f is missing or not a number
+    return _join("$or", [_range(f, _OPPOSITE[c.op], v), _not_number(f)])
