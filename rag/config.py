@@ -84,6 +84,8 @@ class Settings:
     max_file_mb: float = 50.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.data_dir, Path):
+            object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
         if not _COLLECTION.match(self.collection):
             raise ConfigError(
                 f"collection name {self.collection!r} must be 1-63 letters, digits, '_' or '-', "

@@ -96,56 +96,43 @@ class Retriever:
         mmr: bool = False,
         mmr_lambda: float = 0.5,
         fetch_k: int | None = None,
+        vector: np.ndarray | None = None,
     ) -> list[Hit]:
+        """The ``k`` best chunks for ``query``. ``vector`` is the query's embedding when the
+        caller already has it (batched evaluation)."""
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
+        if mode not in ("dense", "bm25", "hybrid"):
+            raise ConfigError(f"unknown retrieval mode {mode!r}; choose dense, bm25 or hybrid")
         pool = max(fetch_k or 4 * k, 20) if mmr else k
-        qvec: np.ndarray | None = None
-        if mode == "dense":
+        qvec = vector
+        if mode != "bm25" and qvec is None:
             qvec = self.embedder.embed_query(query)
+        if mode == "dense":
             hits = self.store.search(qvec, k=pool, where=where)
         elif mode == "bm25":
             hits = self.bm25().search(query, k=pool, where=where)
-        elif mode == "hybrid":
-            qvec = self.embedder.embed_query(query)
+        else:
             n = max(self.candidates, pool)
             dense = self.store.search(qvec, k=n, where=where)
             sparse = self.bm25().search(query, k=n, where=where)
-            hits = fuse(
-                dense, sparse, k=pool, method=self.fusion, rrf_k=self.rrf_k, weight=self.weight
-            )
-        else:
-            raise ConfigError(f"unknown retrieval mode {mode!r}; choose dense, bm25 or hybrid")
+            hits = fuse(dense, sparse, k=pool, method=self.fusion, rrf_k=self.rrf_k, weight=self.weight)
         if mmr and len(hits) > 1:
             if qvec is None:
                 qvec = self.embedder.embed_query(query)
-            hits = mmr_rerank(
-                qvec, hits, self._embed_texts([h.chunk.text for h in hits]), k=k, lam=mmr_lambda
-            )
+            texts = [h.chunk.text for h in hits]
+            hits = mmr_rerank(qvec, hits, self._embed_texts(texts), k=k, lam=mmr_lambda)
         return hits[:k]
 
     def search_batch(
         self, queries: Sequence[str], *, k: int, mode: str = "dense", where: Filter | None = None
     ) -> list[list[Hit]]:
-        """Many queries; the dense leg embeds them in one batch (for evaluation)."""
-        if mode == "bm25":
-            index = self.bm25()
-            return [index.search(q, k=k, where=where) for q in queries]
-        qvecs = self.embedder.embed(list(queries))
-        out: list[list[Hit]] = []
-        for q, vec in zip(queries, qvecs, strict=True):
-            if mode == "dense":
-                out.append(self.store.search(vec, k=k, where=where))
-            else:
-                n = max(self.candidates, k)
-                dense = self.store.search(vec, k=n, where=where)
-                sparse = self.bm25().search(q, k=n, where=where)
-                out.append(
-                    fuse(
-                        dense, sparse, k=k, method=self.fusion, rrf_k=self.rrf_k, weight=self.weight
-                    )
-                )
-        return out
+        """Many queries, their embeddings computed in one batch."""
+        vecs = self.embedder.embed(list(queries)) if mode != "bm25" else [None] * len(queries)
+        return [
+            self.search(q, k=k, mode=mode, where=where, vector=v)
+            for q, v in zip(queries, vecs, strict=True)
+        ]
 
 
 def fuse(
