@@ -65,15 +65,35 @@ def sample_corpus(tmp_path: Path) -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     # As root (CI, containers) the embedded PostgreSQL runs as an unprivileged account, which
-    # must be able to enter the test folders; pytest's default /tmp/pytest-of-root is 0700.
-    # ragkit never loosens permissions itself, so the test harness prepares a traversable base.
-    if os.geteuid() == 0 and not config.option.basetemp and not hasattr(config, "workerinput"):
-        import tempfile
+    # must be able to enter the test folders, and pytest makes every one of them 0700.
+    # ragkit never loosens permissions itself, so the test harness makes its own folders
+    # traversable (o+x, not readable): a private base under /tmp, and each folder pytest
+    # creates in it.
+    if os.geteuid() != 0:
+        return
+    import tempfile
 
+    from _pytest.tmpdir import TempPathFactory
+
+    if not config.option.basetemp and not hasattr(config, "workerinput"):
         base = Path(tempfile.mkdtemp(prefix="ragkit-pytest-"))
         base.chmod(0o711)
         config.option.basetemp = str(base / "t")
         config._ragkit_basetemp = base  # type: ignore[attr-defined]
+    original_base, original_mktemp = TempPathFactory.getbasetemp, TempPathFactory.mktemp
+
+    def getbasetemp(self: TempPathFactory) -> Path:
+        path = original_base(self)
+        path.chmod(0o711)
+        return path
+
+    def mktemp(self: TempPathFactory, basename: str, numbered: bool = True) -> Path:
+        path = original_mktemp(self, basename, numbered)
+        path.chmod(0o711)
+        return path
+
+    TempPathFactory.getbasetemp = getbasetemp  # type: ignore[method-assign]
+    TempPathFactory.mktemp = mktemp  # type: ignore[method-assign]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
