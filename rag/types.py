@@ -105,6 +105,9 @@ class Answer:
     generator: str
     citations: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    #: True when the model cited nothing and ragkit matched the answer's sentences to the
+    #: passages instead (see :mod:`rag.generation.attribution`).
+    attributed: bool = False
 
     @property
     def cited(self) -> list[Hit]:
@@ -115,6 +118,7 @@ class Answer:
             "answer": self.text,
             "sources": [hit.to_json() for hit in self.sources],
             "citations": list(self.citations),
+            "citations_by": "ragkit" if self.attributed else self.generator,
             "model": self.model,
             "generator": self.generator,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},

@@ -70,9 +70,14 @@ def answer(
     *,
     history: History = (),
     on_token: Callable[[str], None] | None = None,
+    embed: Callable[[Sequence[str]], np.ndarray] | None = None,
 ) -> Answer:
     """Runs ``generator.stream``, calls ``on_token`` with each piece as it arrives, and
     returns the whole :class:`~rag.types.Answer` with the passage numbers it cites.
+
+    When a model's answer cites no passage and ``embed`` is given, ragkit matches the
+    answer's sentences to the passages (:mod:`rag.generation.attribution`) and marks the
+    answer ``attributed``.
 
     ``timings`` holds ``"generate"`` (seconds for the whole answer) and ``"first_token"``
     (seconds until the first piece; the whole time when there was none).
@@ -89,16 +94,24 @@ def answer(
             on_token(piece)
     elapsed = time.perf_counter() - start
     text = "".join(pieces).strip()
+    citations = parse_citations(text, len(sources))
+    attributed = False
+    if not citations and embed is not None and sources and generator.name != "extractive":
+        from rag.generation.attribution import attribute
+
+        text, citations = attribute(text, sources, embed)
+        attributed = bool(citations)
     return Answer(
         text=text,
         sources=sources,
         model=generator.model,
         generator=generator.name,
-        citations=parse_citations(text, len(sources)),
+        citations=citations,
         timings={
             "generate": elapsed,
             "first_token": elapsed if first_token is None else first_token,
         },
+        attributed=attributed,
     )
 
 
@@ -128,10 +141,11 @@ def load_generator(
     if name == "local":
         from rag.generation.local import LocalGenerator
 
+        # SmolLM2-135M drifts after a sentence or two: short answers are better answers.
         return LocalGenerator(
             settings.local_model,
             threads=settings.llm_threads,
-            max_tokens=settings.max_tokens,
+            max_tokens=settings.max_tokens or 160,
             temperature=settings.temperature,
         )
     if name == "openai":
@@ -142,7 +156,7 @@ def load_generator(
             settings.llm_model,
             base_url=base_url,
             api_key=api_key,
-            max_tokens=settings.max_tokens,
+            max_tokens=settings.max_tokens or 512,
             temperature=settings.temperature,
         )
     if name == "extractive":

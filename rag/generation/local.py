@@ -247,6 +247,8 @@ class LocalGenerator:
             "temperature": self.temperature if temperature is None else temperature,
             "stream": True,
             "cache_prompt": True,
+            # Small models fall into loops ("- `rag fetch` with ..." a dozen times) without it.
+            "repeat_penalty": 1.1,
         }
 
     def _chat_started(
