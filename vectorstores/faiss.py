@@ -13,6 +13,17 @@ graph (``hnsw_m``, ``ef_construction``, ``ef_search``). HNSW cannot remove point
 replaced or deleted rows are masked out of searches until the next rebuild (on open, or
 once a fifth of the graph is masked).
 
+``index=ivf`` is an inverted file (``IndexIVFFlat``, ``nlist`` lists, ``nprobe`` searched).
+Its coarse quantizer needs training data, so the rule is: while the collection holds fewer
+than ``39 * nlist`` vectors (FAISS's minimum for k-means) the index is exact (flat), and the
+write or rebuild that brings it to ``39 * nlist`` or more trains the quantizer on a sample of
+the vectors held then (at most ``100 * nlist``, chosen with a fixed seed) and adds them all;
+later writes are assigned to the trained lists, never retraining. A bulk load therefore trains
+on what the first batches brought, so load in random order (or load everything in one
+upsert). A rebuild from SQLite (on open with a stale snapshot, or after many deletions)
+trains again on the data held then. When ``nprobe`` lists yield fewer than ``k`` hits the
+search is repeated over every list, so the result size holds.
+
 Filters are translated to SQL over the JSON metadata and applied before ranking: the
 matching row ids become a FAISS ``IDSelector``, and small selections are ranked exactly.
 """
@@ -48,7 +59,11 @@ _DEFAULTS: dict[str, str | int] = {
     "hnsw_m": 32,
     "ef_construction": 200,
     "ef_search": 64,
+    "nlist": 1024,
+    "nprobe": 16,
 }
+_IVF_MIN_PER_LIST = 39  # FAISS warns below 39 training points per centroid
+_IVF_SAMPLE_PER_LIST = 100
 _SQL_BATCH = 500  # ids per "IN (...)" (SQLite allows 32,766 variables; keep statements small)
 
 
@@ -66,10 +81,12 @@ class FaissStore:
         self._faiss = faiss
         self.collection = collection
         opts = read_options(config.options, _DEFAULTS, backend=self.name)
-        if opts["index"] not in ("flat", "hnsw"):
-            raise StoreError(f"faiss option index={opts['index']!r}: choose flat or hnsw")
+        if opts["index"] not in ("flat", "hnsw", "ivf"):
+            raise StoreError(f"faiss option index={opts['index']!r}: choose flat, hnsw or ivf")
+        if int(opts["nlist"]) < 1 or int(opts["nprobe"]) < 1:
+            raise StoreError("faiss options nlist and nprobe must be positive integers")
         self._opts = opts
-        if opts["index"] == "hnsw":
+        if opts["index"] in ("hnsw", "ivf"):
             self.capabilities = Capabilities(filter_ops=ALL_OPS, exact_search=False)
         self.path = Path(config.data_dir) / collection
         db_file = self.path / "chunks.sqlite"
@@ -136,6 +153,47 @@ class FaissStore:
             inner = faiss.IndexFlatIP(self.dim)
         return faiss.IndexIDMap2(inner)
 
+    def _kind(self) -> str:
+        """What the snapshot must have been built as to be reused."""
+        if self._opts["index"] == "ivf":
+            return f"ivf{int(self._opts['nlist'])}"
+        return str(self._opts["index"])
+
+    def _ivf_trained(self) -> bool:
+        return isinstance(self._index, self._faiss.IndexIVF)
+
+    def _ivf_threshold(self) -> int:
+        return _IVF_MIN_PER_LIST * int(self._opts["nlist"])
+
+    def _train_ivf(self) -> Any:
+        """A trained, empty IVF index (call inside the read transaction of a rebuild)."""
+        faiss = self._faiss
+        nlist = int(self._opts["nlist"])
+        total = int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+        want = min(total, _IVF_SAMPLE_PER_LIST * nlist)
+        picked = np.zeros(total, dtype=bool)
+        picked[np.random.default_rng(0).choice(total, size=want, replace=False)] = True
+        sample = np.empty((want, self.dim), dtype=np.float32)
+        filled = position = 0
+        cur = self._db.execute("SELECT vector FROM chunks ORDER BY rowid")
+        while rows := cur.fetchmany(20000):
+            keep = picked[position : position + len(rows)]
+            position += len(rows)
+            chosen = [r[0] for r, k in zip(rows, keep, strict=True) if k]
+            if chosen:
+                vecs = np.frombuffer(b"".join(chosen), dtype=np.float32).reshape(-1, self.dim)
+                sample[filled : filled + len(vecs)] = vecs
+                filled += len(vecs)
+        quantizer = faiss.IndexFlatIP(self.dim)
+        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.spherical = True  # centroids on the unit sphere, like the vectors
+        index.cp.seed = 1234
+        index.train(sample[:filled])
+        index.nprobe = int(self._opts["nprobe"])
+        # A hash table from id to list position: remove_ids and reconstruct by row id.
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        return index
+
     def _snapshot_paths(self) -> tuple[Path, Path]:
         return self.path / "index.faiss", self.path / "index.json"
 
@@ -148,7 +206,7 @@ class FaissStore:
             if index_file.exists() and info_file.exists():
                 try:
                     info = json.loads(info_file.read_text())
-                    if info.get("generation") == gen and info.get("index") == self._opts["index"]:
+                    if info.get("generation") == gen and info.get("index") == self._kind():
                         index = self._faiss.read_index(str(index_file))
                         self._masked = set(info.get("masked", []))
                         self._seen = self._saved_generation = gen
@@ -157,6 +215,10 @@ class FaissStore:
                     pass  # an unreadable snapshot is rebuilt from SQLite below
             self._masked = set()
             index = self._new_index()
+            if self._opts["index"] == "ivf":
+                count = int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+                if count >= self._ivf_threshold():
+                    index = self._train_ivf()
             cur = self._db.execute("SELECT rowid, vector FROM chunks ORDER BY rowid")
             while rows := cur.fetchmany(20000):
                 ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -178,7 +240,7 @@ class FaissStore:
             tmp = index_file.with_suffix(".faiss.tmp")
             self._faiss.write_index(self._index, str(tmp))
             os.replace(tmp, index_file)
-            info = {"generation": gen, "index": self._opts["index"], "masked": sorted(self._masked)}
+            info = {"generation": gen, "index": self._kind(), "masked": sorted(self._masked)}
             tmp_info = info_file.with_suffix(".json.tmp")
             tmp_info.write_text(json.dumps(info))
             os.replace(tmp_info, info_file)
@@ -233,6 +295,12 @@ class FaissStore:
             self._forget(list(old.values()))
             self._index.add_with_ids(vecs, np.array([new[c.id] for c in chunks], dtype=np.int64))
             self._seen = gen
+            if (
+                self._opts["index"] == "ivf"
+                and not self._ivf_trained()
+                and self._index.ntotal >= self._ivf_threshold()
+            ):
+                self._index = self._load_or_build()  # trains the IVF index: see the docstring
             self._maybe_rebuild()
 
     def _bump(self, db: sqlite3.Connection) -> int:
@@ -244,6 +312,10 @@ class FaissStore:
             return
         if self._opts["index"] == "hnsw":
             self._masked.update(rowids)
+        elif self._ivf_trained():
+            # The IVF hash table removes only through an IDSelectorArray.
+            arr = np.array(rowids, dtype=np.int64)
+            self._index.remove_ids(self._faiss.IDSelectorArray(arr.size, self._faiss.swig_ptr(arr)))
         else:
             self._index.remove_ids(np.array(rowids, dtype=np.int64))
 
@@ -308,10 +380,11 @@ class FaissStore:
                 return []
             kk = min(k, live if allowed is None else int(allowed.size))
             hnsw = self._opts["index"] == "hnsw"
+            ivf = self._ivf_trained()
             ef = max(int(self._opts["ef_search"]), kk)
-            if hnsw and allowed is not None and allowed.size <= max(2048, live // 50):
-                # HNSW walks badly through a graph where few nodes qualify: rank a small
-                # selection exactly instead.
+            if (hnsw or ivf) and allowed is not None and allowed.size <= max(2048, live // 50):
+                # HNSW walks badly through a graph where few nodes qualify, and few IVF
+                # lists hold enough of them: rank a small selection exactly instead.
                 scores, ids = self._exact_subset(q, allowed, kk)
             else:
                 params = None
@@ -326,9 +399,17 @@ class FaissStore:
                     params = faiss.SearchParametersHNSW(efSearch=ef)
                     if sel is not None:
                         params.sel = sel
+                elif ivf:
+                    params = faiss.SearchParametersIVF(nprobe=int(self._opts["nprobe"]))
+                    if sel is not None:
+                        params.sel = sel
                 elif sel is not None:
                     params = faiss.SearchParameters(sel=sel)
                 d, i = self._index.search(q, kk, params=params)
+                if ivf and (i[0] < 0).any():
+                    # The probed lists held fewer than k matches: search every list.
+                    params.nprobe = self._index.nlist
+                    d, i = self._index.search(q, kk, params=params)
                 scores, ids = d[0], i[0]
             pairs = [(int(r), float(s)) for r, s in zip(ids, scores, strict=True) if r >= 0]
             chunks = self._by_rowid([r for r, _ in pairs])
