@@ -129,7 +129,7 @@ def test_second_ingest_is_refused_and_searches_keep_working(
                 searched += 1
             if refused and searched >= 2:
                 break
-        out, err = writer.communicate(timeout=600)
+        _, err = writer.communicate(timeout=600)
         assert writer.returncode == 0, err
         assert refused >= 1 and searched >= 2, (refused, searched)
     finally:

@@ -36,7 +36,9 @@ def attribute(
     ]
     if not answer_sentences or not passage_sentences:
         return text, []
-    vectors = np.asarray(embed([*answer_sentences, *(s for _, s in passage_sentences)]), dtype=np.float32)
+    vectors = np.asarray(
+        embed([*answer_sentences, *(s for _, s in passage_sentences)]), dtype=np.float32
+    )
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors = vectors / np.where(norms > 0, norms, 1.0)
     answers, passages = vectors[: len(answer_sentences)], vectors[len(answer_sentences) :]
