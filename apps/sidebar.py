@@ -1,0 +1,159 @@
+"""The sidebar: which collection and store, how to retrieve, who answers, and a new chat."""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from apps import state
+from rag import list_collections
+from rag.config import RETRIEVAL_MODES
+from rag.errors import RagError
+
+NEW = "+ New collection…"
+GENERATORS = {
+    "auto": "auto",
+    "local": "local model (in process)",
+    "openai": "OpenAI-compatible endpoint",
+    "extractive": "extractive (no LLM)",
+}
+MODE_HELP = "dense: embeddings · bm25: keywords · hybrid: both, fused"
+
+
+def _backends() -> dict[str, bool]:
+    from vectorstores.registry import backends
+
+    return {name: b.installed for name, b in backends().items()}
+
+
+def new_chat() -> None:
+    st.session_state["messages"] = []
+
+
+def render() -> state.Choice:
+    """Draw the sidebar; returns the choice (also kept in ``st.session_state["choice"]``)."""
+    base = state.base_settings()
+    ss = st.session_state
+    sb = st.sidebar
+    sb.title("ragkit")
+    sb.caption(f"Data directory: `{base.data_dir.resolve()}`")
+
+    # Store: every registered backend; one that is not installed can be picked, and says how
+    # to install it, rather than being hidden.
+    installed = _backends()
+    stores = list(installed)
+    if base.store not in stores:
+        stores.insert(0, base.store)
+    ss.setdefault("store", base.store)
+    store = sb.selectbox(
+        "Vector store",
+        stores,
+        format_func=lambda s: s if installed.get(s, True) else f"{s} (not installed)",
+        key="store",
+    )
+    store_ok = installed.get(store, True)
+    if not store_ok:
+        sb.warning(f"The {store} store is not installed: `pip install 'ragkit[{store}]'`")
+
+    # Collection: those in this store, the default one, or a new name.
+    try:
+        names = sorted(
+            {c.name for c in list_collections(base) if c.store == store} | {base.collection}
+        )
+    except RagError as e:
+        sb.error(str(e))
+        names = [base.collection]
+    pending = ss.pop("select_collection", None)
+    if pending in names:
+        ss["collection_pick"] = pending
+        ss.pop("new_collection", None)
+    options = [*names, NEW]
+    if ss.get("collection_pick") not in options:
+        ss["collection_pick"] = base.collection
+    pick = sb.selectbox("Collection", options, key="collection_pick")
+    name = pick
+    if pick == NEW:
+        name = (
+            sb.text_input(
+                "New collection name",
+                key="new_collection",
+                placeholder="letters, digits, _ and -",
+                help="Created by its first ingest (Ingest page).",
+            ).strip()
+            or base.collection
+        )
+
+    sb.divider()
+    sb.subheader("Retrieval")
+    ss.setdefault("mode", base.mode)
+    mode = sb.radio("Mode", RETRIEVAL_MODES, horizontal=True, key="mode", help=MODE_HELP)
+    ss.setdefault("k", min(max(base.k, 1), 20))
+    k = sb.slider("Passages (k)", 1, 20, key="k")
+    mmr = sb.checkbox(
+        "Diversify (MMR)", key="mmr", help="Re-rank the passages so that they say different things."
+    )
+
+    sb.divider()
+    sb.subheader("Answers")
+    kinds = list(GENERATORS)
+    try:
+        auto_is = state.resolved_generator(base.with_(generator="auto"))
+    except RagError:
+        auto_is = "local"
+    ss.setdefault("generator", base.generator if base.generator in kinds else "auto")
+    gen = sb.selectbox(
+        "Generator",
+        kinds,
+        format_func=lambda g: f"auto ({auto_is})" if g == "auto" else GENERATORS[g],
+        key="generator",
+    )
+    llm_model = base_url = None
+    if (gen if gen != "auto" else auto_is) == "openai":
+        ss.setdefault("base_url", os.environ.get("OPENAI_BASE_URL", ""))
+        ss.setdefault("llm_model", base.llm_model or "")
+        base_url = (
+            sb.text_input(
+                "Endpoint base URL",
+                placeholder=state.OPENAI_DEFAULT_URL,
+                key="base_url",
+            ).strip()
+            or None
+        )
+        llm_model = (
+            sb.text_input(
+                "Model",
+                placeholder="the endpoint's only model",
+                key="llm_model",
+            ).strip()
+            or None
+        )
+        if state.key_goes_to(base_url):
+            sb.caption("API key: `OPENAI_API_KEY` from the server's environment.")
+        elif os.environ.get("OPENAI_API_KEY"):
+            sb.caption(
+                "API key: none sent — `OPENAI_API_KEY` goes only to the endpoint configured "
+                "in the server's environment (`OPENAI_BASE_URL`)."
+            )
+        else:
+            sb.caption(
+                "API key: none (`OPENAI_API_KEY` is not set in the server's environment; "
+                "keys are never typed into this page)."
+            )
+
+    sb.divider()
+    sb.button("New chat", on_click=new_chat, icon=":material/add_comment:", width="stretch")
+
+    choice = state.Choice(
+        collection=name,
+        store=store,
+        mode=mode,
+        k=int(k),
+        mmr=bool(mmr),
+        generator=gen,
+        llm_model=llm_model,
+        base_url=base_url,
+    )
+    ss["choice"] = choice
+    ss["store_installed"] = store_ok
+    return choice

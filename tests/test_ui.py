@@ -1,0 +1,436 @@
+"""The chat UI through Streamlit's AppTest: chat, pickers, uploads, folders, insight, errors.
+
+Fast: the model-free hashing embedder and the extractive generator (or a loopback
+OpenAI-compatible server); the real model is exercised by tests/test_ui_browser.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from apps import state
+from apps.uploads import UploadError, safe_name, save_uploads, upload_dir
+from tests.chat_server import ChatServer
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "apps" / "app.py")
+QUESTION = "Which vector store is the default?"
+SUFFIXES = [".md", ".txt", ".pdf"]
+
+
+@pytest.fixture
+def ui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh data directory, the hashing embedder, the extractive generator."""
+    data_dir = tmp_path / "rag"
+    monkeypatch.setenv("RAG_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("RAG_EMBED_MODEL", "hashing-384")
+    monkeypatch.setenv("RAG_EMBED_BACKEND", "hashing")
+    monkeypatch.setenv("RAG_GENERATOR", "extractive")
+    for var in ("RAG_UI_MAX_UPLOAD_MB", "OPENAI_API_KEY", "OPENAI_BASE_URL", "RAG_LLM_MODEL"):
+        monkeypatch.delenv(var, raising=False)
+    state.launch.cache_clear()
+    st.cache_resource.clear()
+    yield data_dir
+    st.cache_resource.clear()  # closes nothing, but drops the collections of this data dir
+
+
+@pytest.fixture
+def ingested(ui: Path) -> Path:
+    from rag import Settings, open_collection
+
+    with open_collection(Settings.from_env(), create=True) as col:
+        assert col.ingest([ROOT / "data"]).total_chunks > 0
+    return ui
+
+
+def app() -> AppTest:
+    return AppTest.from_file(APP, default_timeout=120).run()
+
+
+def no_exceptions(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def answers(at: AppTest) -> list[dict]:
+    return [m["answer"] for m in at.session_state["messages"] if "answer" in m]
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+# --- chat -------------------------------------------------------------------------------------
+
+
+def test_chat_answers_with_linked_citations_keeps_history_and_starts_over(ingested: Path):
+    at = app()
+    no_exceptions(at)
+    assert not at.chat_input[0].disabled
+
+    at.chat_input[0].set_value(QUESTION).run()
+    no_exceptions(at)
+    (rec,) = answers(at)
+    assert "FAISS" in rec["text"]
+    assert rec["generator"] == "extractive" and rec["citations"]
+    # The answer is rendered with each citation a link to its passage's anchor...
+    md = texts(at.markdown)
+    first = rec["citations"][0]
+    assert f"](#cite-{rec['id']}-{first})" in md
+    assert f'id="cite-{rec["id"]}-{first}"' in md
+    # ...one expander per retrieved passage, naming its file and marking the cited ones.
+    labels = [e.label for e in at.expander]
+    assert len(labels) == len(rec["sources"]) == 5
+    assert all(".md" in label and "score" in label for label in labels)
+    assert sum(label.endswith("· cited") for label in labels) == len(set(rec["citations"]))
+    captions = texts(at.caption)
+    assert "Extractive answer" in captions and "no language model" in captions
+    assert "retrieval" in captions and "generation" in captions
+
+    at.chat_input[0].set_value("Which store needs PostgreSQL?").run()
+    no_exceptions(at)
+    assert len(at.session_state["messages"]) == 4
+    assert len(answers(at)) == 2
+    assert len(at.chat_message) == 4  # the history stays on the page
+
+    new_chat = next(b for b in at.sidebar.button if b.label == "New chat")
+    new_chat.click().run()
+    no_exceptions(at)
+    assert at.session_state["messages"] == []
+    assert len(at.chat_message) == 0
+
+
+def test_pickers_decide_mode_k_mmr_and_store(ingested: Path):
+    at = app()
+    at.sidebar.radio(key="mode").set_value("bm25")
+    at.sidebar.slider(key="k").set_value(3)
+    at.sidebar.checkbox(key="mmr").check()
+    at.run()
+    at.chat_input[0].set_value(QUESTION).run()
+    no_exceptions(at)
+    (rec,) = answers(at)
+    assert rec["settings"]["mode"] == "bm25" and rec["settings"]["k"] == 3
+    assert rec["settings"]["mmr"] is True
+    assert len(rec["sources"]) == 3 and len(at.expander) == 3
+    assert "bm25, k=3, MMR" in texts(at.caption)
+
+    # Every registered backend is offered; another store holds no collection yet.
+    stores = at.sidebar.selectbox(key="store")
+    assert {"faiss", "chroma", "qdrant", "pgvector"} <= set(stores.options)
+    stores.set_value("chroma").run()
+    no_exceptions(at)
+    choice = at.session_state["choice"]
+    assert state.settings_for(choice).store == "chroma"
+    assert at.chat_input[0].disabled
+    assert "has no documents yet" in texts(at.info)
+
+
+def test_generator_picker_uses_the_endpoint_and_never_sends_the_key_elsewhere(
+    ingested: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
+    with ChatServer(reply="FAISS is the default store [1].") as server:
+        at = app()
+        at.sidebar.selectbox(key="generator").set_value("openai").run()
+        # The endpoint and model can be named; the key cannot be typed anywhere.
+        labels = [t.label for t in at.sidebar.text_input]
+        assert labels == ["Endpoint base URL", "Model"]
+        assert not any("key" in t.label.lower() for t in at.text_input)
+        at.sidebar.text_input(key="base_url").set_value(server.base_url)
+        at.sidebar.text_input(key="llm_model").set_value("test-model")
+        at.run()
+        assert "none sent" in texts(at.sidebar.caption)
+        at.chat_input[0].set_value(QUESTION).run()
+        no_exceptions(at)
+        (rec,) = answers(at)
+        assert (rec["generator"], rec["model"]) == ("openai", "test-model")
+        assert rec["text"] == "FAISS is the default store [1]." and rec["citations"] == [1]
+        assert server.base_url in texts(at.caption)
+        (request,) = server.chat_requests
+        # A URL typed into the page does not get the server's key.
+        assert "sk-from-the-environment" not in request.headers.get("authorization", "")
+
+    # The endpoint configured in the environment does.
+    with ChatServer(reply="FAISS [2].") as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        at = app()
+        at.sidebar.selectbox(key="generator").set_value("openai").run()
+        assert "from the server's environment" in texts(at.sidebar.caption)
+        at.chat_input[0].set_value(QUESTION).run()
+        no_exceptions(at)
+        (request,) = server.chat_requests
+        assert request.headers.get("authorization") == "Bearer sk-from-the-environment"
+
+
+def test_errors_are_messages_not_tracebacks(ingested: Path, monkeypatch: pytest.MonkeyPatch):
+    # The collection was built with hashing-384; opening it with another model is an error
+    # that says what to do.
+    monkeypatch.setenv("RAG_EMBED_MODEL", "hashing-256")
+    at = app()
+    no_exceptions(at)
+    assert "was built with the embedding model hashing-384" in texts(at.error)
+    assert at.chat_input[0].disabled
+
+
+def test_an_unreachable_endpoint_is_a_message(ingested: Path):
+    at = app()
+    at.sidebar.selectbox(key="generator").set_value("openai").run()
+    at.sidebar.text_input(key="base_url").set_value("http://127.0.0.1:9/v1")
+    at.sidebar.text_input(key="llm_model").set_value("m")
+    at.run()
+    at.chat_input[0].set_value(QUESTION).run()
+    no_exceptions(at)
+    assert at.error, "the failure is shown"
+    assert answers(at) == []
+    assert "error" in at.session_state["messages"][-1]
+
+
+# --- ingestion --------------------------------------------------------------------------------
+
+
+def ingest_page() -> AppTest:
+    at = app()
+    at.switch_page("ingest.py").run()
+    no_exceptions(at)
+    return at
+
+
+def test_upload_saves_inside_the_data_dir_refuses_bad_names_and_ingests(ui: Path):
+    at = ingest_page()
+    assert "is empty" in texts(at.info)
+    uploader = at.file_uploader[0]
+    assert ".md" in {f".{t.lstrip('.')}" for t in uploader.allowed_type}
+    uploader.set_value(
+        [
+            ("notes.md", b"# Notes\n\nThe pelican guards the harbour.\n", "text/markdown"),
+            ("../../escape.md", b"# Escape\n\nNot here.\n", "text/markdown"),
+            (".hidden.md", b"# Hidden\n", "text/markdown"),
+            ("tool.exe", b"MZ", "application/octet-stream"),
+        ]
+    ).run()  # uploading reruns the page, which enables the button
+    at.button(key="ingest_up").click().run()
+    no_exceptions(at)
+
+    folder = ui / "uploads" / "default"
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.md"]
+    assert not (ui.parent / "escape.md").exists() and not (ui / "escape.md").exists()
+    assert "Ingested 1 uploaded file(s) into **default**" in texts(at.success)
+    refused = at.session_state["upload_refused"]
+    assert [name for name, _ in refused] == ["../../escape.md", ".hidden.md", "tool.exe"]
+    assert "must not contain '..'" in refused[0][1] and "hidden" in refused[1][1]
+    assert "unsupported file type .exe" in refused[2][1]
+    assert texts(at.error).startswith("3 upload(s) refused")
+    # The stats show the new collection, and the chat can use it.
+    assert [m.value for m in at.metric][:2] == ["1", "1"]
+    at.switch_page("chat.py").run()
+    assert not at.chat_input[0].disabled
+
+
+def test_oversized_upload_is_refused_before_writing(ui: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("RAG_UI_MAX_UPLOAD_MB", "0.001")  # about 1 KB
+    at = ingest_page()
+    at.file_uploader[0].set_value(("big.md", b"# Big\n\n" + b"word " * 1000, "text/markdown")).run()
+    at.button(key="ingest_up").click().run()
+    no_exceptions(at)
+    assert "over the upload limit" in json.dumps(at.session_state["upload_refused"])
+    assert not (ui / "uploads" / "default" / "big.md").exists()
+    assert not at.success
+
+
+def test_folder_ingest_reports_failures_and_a_missing_folder(ui: Path, tmp_path: Path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "good.md").write_text("# Good\n\nHerons fish at dawn.\n")
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 this is not a real PDF")
+    at = ingest_page()
+
+    at.text_input(key="folder").set_value(str(tmp_path / "nowhere")).run()
+    at.button(key="ingest_folder").click().run()
+    no_exceptions(at)
+    assert "does not exist on the server" in texts(at.error)
+
+    at.text_input(key="folder").set_value(str(docs)).run()
+    at.button(key="ingest_folder").click().run()
+    no_exceptions(at)
+    warning = texts(at.warning)
+    assert "1 file(s) failed" in warning and "1 added" in warning
+    (table,) = at.table
+    rows = table.value.to_dict("records")
+    assert len(rows) == 1 and rows[0]["file"].endswith("broken.pdf") and rows[0]["reason"]
+
+
+# --- insight ----------------------------------------------------------------------------------
+
+
+def test_insight_shows_eval_results_and_bench_reports(
+    ingested: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    work = tmp_path / "work"
+    (work / "eval" / "results").mkdir(parents=True)
+    result = {
+        "dataset": "/x/scifact", "store": "faiss", "embed_model": "m", "embed_backend": "torch",
+        "documents": 10, "chunks": 12, "queries": 3,
+        "modes": {
+            mode: {"ndcg@10": 0.6, "recall@10": 0.7, "recall@100": 0.9, "mrr@10": 0.5,
+                   "latency_ms": {"p50": 1.0, "p95": 2.0}}
+            for mode in ("dense", "bm25")
+        },
+    }  # fmt: skip
+    (work / "eval" / "results" / "retrieval-scifact-faiss-torch.json").write_text(
+        json.dumps(result)
+    )
+    run = work / "eval" / "runs" / "r1"
+    run.mkdir(parents=True)
+    png = ROOT / ".venv/lib/python3.11/site-packages/streamlit/static/favicon.png"
+    if not png.exists():
+        pytest.skip("no PNG to stand in for a plot")
+    (run / "plot.png").write_bytes(png.read_bytes())
+    (run / "report.md").write_text("# Vector-store benchmark\n\nA table.\n\n![Recall](plot.png)\n")
+    monkeypatch.chdir(work)
+
+    at = app()
+    at.chat_input[0].set_value(QUESTION).run()
+    at.switch_page("insight.py").run()
+    no_exceptions(at)
+    frames = [f.value for f in at.dataframe]
+    conversation, evals = frames[0], frames[1]
+    assert conversation.iloc[0]["question"] == QUESTION
+    assert conversation.iloc[0]["generator"] == "extractive: extractive"
+    assert set(evals["mode"]) == {"dense", "bm25"} and set(evals["ndcg@10"]) == {0.6}
+    assert "### Vector-store benchmark" in texts(at.markdown)
+    assert "Recall" in [c for img in at.image for c in img.captions]
+
+
+# --- the upload rules, directly ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../x.md", "a/../../x.md", "..\\..\\x.md", "..", ".", "", ".env.md", "x\x00.md",
+     "dir/.hidden.md", "x.exe", "x", "x.md/"],
+)  # fmt: skip
+def test_unsafe_names_are_refused(name: str):
+    with pytest.raises(UploadError):
+        safe_name(name, SUFFIXES)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("report.md", "report.md"),
+        ("C:\\Users\\me\\report.MD", "report.md"),
+        ("dir/sub/notes.txt", "notes.txt"),
+        ("we ird<>|name?.md", "we ird_name.md"),
+        ("été.md", "été.md"),
+        ("a" * 300 + ".pdf", "a" * 116 + ".pdf"),
+    ],
+)
+def test_names_are_cleaned(name: str, expected: str):
+    assert safe_name(name, SUFFIXES) == expected
+
+
+@dataclass
+class FakeUpload:
+    name: str
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def getvalue(self) -> bytes:
+        return self.data
+
+
+def test_collisions_get_unique_names_and_identical_files_are_not_duplicated(tmp_path: Path):
+    folder = upload_dir(tmp_path, "docs")
+    first = save_uploads([FakeUpload("a.md", b"one")], folder, max_bytes=100, suffixes=SUFFIXES)
+    same = save_uploads([FakeUpload("a.md", b"one")], folder, max_bytes=100, suffixes=SUFFIXES)
+    other = save_uploads([FakeUpload("a.md", b"two")], folder, max_bytes=100, suffixes=SUFFIXES)
+    assert first.saved == same.saved == [folder / "a.md"]
+    assert other.saved == [folder / "a-1.md"]
+    assert (folder / "a-1.md").read_bytes() == b"two"
+    too_big = save_uploads(
+        [FakeUpload("b.md", b"x" * 101)], folder, max_bytes=100, suffixes=SUFFIXES
+    )
+    assert not too_big.saved and "over the upload limit" in too_big.refused[0][1]
+    assert sorted(p.name for p in folder.iterdir()) == ["a-1.md", "a.md"]
+    with pytest.raises(UploadError):
+        upload_dir(tmp_path, "../etc")
+
+
+# --- rag ui -----------------------------------------------------------------------------------
+
+
+def test_ui_command_runs_streamlit_headless_on_loopback(tmp_path: Path):
+    from apps.cli import add_ui_command, build_command, cmd_ui
+    from rag.cli import _common
+
+    parser = argparse.ArgumentParser(prog="rag")
+    add_ui_command(parser.add_subparsers(dest="command"), _common)
+    args = parser.parse_args(
+        ["ui", "--data-dir", str(tmp_path), "--store", "chroma", "--max-upload-mb", "2.5"]
+    )
+    assert args.handler is cmd_ui and args.port == 8501 and args.host == "127.0.0.1"
+    cmd = build_command(args)
+    flags = dict(itertools.pairwise(cmd))
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith(
+        os.path.join("apps", "app.py")
+    )
+    assert flags["--server.address"] == "127.0.0.1" and flags["--server.port"] == "8501"
+    assert flags["--server.headless"] == "true"
+    assert flags["--browser.gatherUsageStats"] == "false"
+    assert flags["--server.maxUploadSize"] == "3"
+    script_args = cmd[cmd.index("--") + 1 :]
+    assert state.parse_launch_args(script_args) == state.LaunchOptions(
+        data_dir=str(tmp_path.absolute()), store="chroma", max_upload_mb=2.5
+    )
+
+    from rag.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        build_command(parser.parse_args(["ui", "--max-upload-mb", "0"]))
+    with pytest.raises(ConfigError):
+        build_command(parser.parse_args(["ui", "--port", "70000"]))
+
+
+# --- rendering helpers ------------------------------------------------------------------------
+
+
+def test_citations_become_links_and_passages_cannot_break_out():
+    from apps.chat import linked_text, passage_markdown
+
+    md = linked_text("FAISS [1, 2] costs $0 <b>[9]</b>", 3, "a1")
+    assert md.startswith("FAISS [\\[1\\]](#cite-a1-1)[\\[2\\]](#cite-a1-2)")
+    assert "\\$0 &lt;b>[9]&lt;/b>" in md  # out of range: left as text; no LaTeX, no HTML
+    passage = passage_markdown("## Setup\n\nRun it.</div><script>x</script>\n### Next\nmore")
+    assert passage.startswith("**Setup**  \n\nRun it.&lt;/div>&lt;script>")
+    assert "**Next**  \nmore" in passage
+
+
+def test_tokens_are_painted_as_they_stream(monkeypatch: pytest.MonkeyPatch):
+    from apps import chat
+
+    painted: list[str] = []
+
+    class Placeholder:
+        def markdown(self, text: str) -> None:
+            painted.append(text)
+
+    monkeypatch.setattr(chat, "_REPAINT", 0.0)
+    streamer = chat._Streamer(Placeholder())
+    for token in ["FAISS", " is", " the default."]:
+        streamer(token)
+    assert painted == ["FAISS ▌", "FAISS is ▌", "FAISS is the default. ▌"]
