@@ -407,8 +407,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 on_token=_stdout_token,
             )
             print()
-            if getattr(col, "last_query", None) and result.timings.get("rewritten"):
-                print(f"(searched for: {col.last_query})")
+            if result.query != question:
+                print(f"(searched for: {result.query})")
             _print_sources(result)
             history.append((question, result.text))
 

@@ -22,6 +22,10 @@ RESULTS_DIR = Path("eval") / "results"
 def add_extra_commands(sub: Any, common: Common) -> None:
     """Register the extra subcommands on ``sub`` (the main parser's subparsers)."""
     _eval_parser(sub, common)
+    from apps.cli import add_ui_command, cmd_ui
+
+    add_ui_command(sub, common)
+    EXTRA_COMMANDS["ui"] = cmd_ui
 
 
 # --- rag eval -------------------------------------------------------------------------------

@@ -414,18 +414,23 @@ class Collection:
         t1 = time.perf_counter()
         hits = self.search(query, k=k, where=where, mode=mode, mmr=mmr)
         t2 = time.perf_counter()
-        result = answer(gen, question, hits, history=history, on_token=on_token,
-                        embed=self.embedder.embed)
+        result = answer(
+            gen, question, hits, history=history, on_token=on_token, embed=self.embedder.embed
+        )
         result.timings.update({"rewrite": t1 - t0, "retrieve": t2 - t1})
-        if query != question:
-            result.timings["rewritten"] = 1.0
-            self.last_query = query
+        result.query = query
         return result
 
+    @property
+    def exists(self) -> bool:
+        """Whether the collection has been created (by a first ingest)."""
+        return self.manifest is not None
+
     def status(self) -> dict[str, Any]:
-        """Counts, sources, embedder and last ingest."""
-        sources, chunks = self.records.count()
+        """Counts, sources, embedder and last ingest (all zero for a collection that has not
+        been ingested into yet; nothing is created)."""
         m = self.manifest
+        sources, chunks = self.records.count() if m is not None else (0, 0)
         return {
             "collection": self.name,
             "store": self.settings.store,

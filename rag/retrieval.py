@@ -116,7 +116,9 @@ class Retriever:
             n = max(self.candidates, pool)
             dense = self.store.search(qvec, k=n, where=where)
             sparse = self.bm25().search(query, k=n, where=where)
-            hits = fuse(dense, sparse, k=pool, method=self.fusion, rrf_k=self.rrf_k, weight=self.weight)
+            hits = fuse(
+                dense, sparse, k=pool, method=self.fusion, rrf_k=self.rrf_k, weight=self.weight
+            )
         if mmr and len(hits) > 1:
             if qvec is None:
                 qvec = self.embedder.embed_query(query)

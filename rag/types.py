@@ -108,6 +108,8 @@ class Answer:
     #: True when the model cited nothing and ragkit matched the answer's sentences to the
     #: passages instead (see :mod:`rag.generation.attribution`).
     attributed: bool = False
+    #: What was searched for: the question, or its standalone rewrite in a conversation.
+    query: str = ""
 
     @property
     def cited(self) -> list[Hit]:
@@ -119,6 +121,7 @@ class Answer:
             "sources": [hit.to_json() for hit in self.sources],
             "citations": list(self.citations),
             "citations_by": "ragkit" if self.attributed else self.generator,
+            "query": self.query,
             "model": self.model,
             "generator": self.generator,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},

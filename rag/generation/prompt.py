@@ -302,6 +302,17 @@ _CITATION_ITEM = re.compile(r"(\d+)(?:\s*[-–]\s*(\d+))?")
 _MAX_RANGE = 50
 
 
+def citation_spans(text: str, n_sources: int) -> list[tuple[int, int, list[int]]]:
+    """Every citation marker in ``text`` as ``(start, end, numbers)``, numbers as
+    :func:`parse_citations` reads them; markers citing nothing valid are left out."""
+    out = []
+    for group in _CITATION_GROUP.finditer(text):
+        numbers = parse_citations(group.group(0), n_sources)
+        if numbers:
+            out.append((group.start(), group.end(), numbers))
+    return out
+
+
 def parse_citations(text: str, n_sources: int) -> list[int]:
     """The passage numbers cited in ``text`` as ``[n]``, ``[n, m]``, ``[n][m]`` or
     ``[n-m]``, in order of first appearance, without duplicates, ignoring numbers outside

@@ -1,0 +1,616 @@
+"""ONNX Runtime embedding backends (``onnx`` and ``onnx-int8``) for sentence-transformers models.
+
+A BERT-style sentence-transformers model (a Transformer module, then mean or CLS pooling,
+then optional normalisation) is exported to ONNX once with torch, verified against torch,
+and cached under ``cache_dir/<slug>-<hash>/``::
+
+    model.onnx                    the fp32 graph as torch exported it
+    model-opt.onnx                the same after ONNX Runtime's transformer fusions
+    model-int8-<recipe>.onnx      dynamic INT8 quantisation (see ``QuantRecipe``)
+    export.json                   what was exported, from which files, with which versions
+
+Later runs load the cached graph with ``onnxruntime`` and the model's ``tokenizer.json``
+through ``tokenizers``: neither torch nor sentence-transformers is imported, so the CLI
+starts fast. Vectors match the torch backend's (same tokenisation, truncation and pooling).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag.embeddings import TokenCounter, _quiet_transformers, resolve_model
+from rag.errors import EmbeddingError, MissingDependencyError
+
+#: Bump when the export or its file layout changes: a new version exports afresh.
+EXPORT_VERSION = 1
+OPSET = 17
+DEFAULT_BATCH_SIZE = 32
+#: Texts for checking an exported graph against its source (one long enough to truncate).
+_PROBE_TEXTS = (
+    "A man is eating food.",
+    "ONNX Runtime executes the exported graph; " * 40,
+    "Ünïcödé, emoji 🙂 and 数字 123.",
+)
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """How the INT8 graph is made with ``onnxruntime.quantization.quantize_dynamic``.
+
+    ``exclude`` holds regular expressions over node names (torch's exporter names nodes by
+    module path, e.g. ``/m/encoder/layer.5/output/dense/MatMul``); ``{last}`` stands for the
+    last encoder layer's index. Matching nodes stay in fp32.
+    """
+
+    name: str
+    #: Quantise the fused graph (``model-opt.onnx``) rather than the plain export.
+    fused: bool = True
+    weight_type: str = "qint8"
+    per_channel: bool = False
+    reduce_range: bool = False
+    #: Operator types to quantise; empty means quantize_dynamic's default set.
+    op_types: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    activation_symmetric: bool = False
+
+    @property
+    def key(self) -> str:
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return f"{self.name}-{digest[:8]}"
+
+
+#: Chosen by ``eval/quantization.py`` (results in eval/results/quantization.json): the fused
+#: graph, UINT8 weights with per-channel scales (no int16 saturation on AVX2 without VNNI), and
+#: the feed-forward output projections kept in fp32 (their GELU inputs have outliers that one
+#: dynamic per-tensor activation scale handles badly; they cost the most quality).
+DEFAULT_INT8_RECIPE = QuantRecipe(
+    "u8-pc-keep-ffn2",
+    weight_type="quint8",
+    per_channel=True,
+    exclude=(r"layer\.\d+/output/dense/",),
+)
+
+
+# --------------------------------------------------------------------------- model folder
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the ONNX backend needs to know about a sentence-transformers model folder."""
+
+    model_id: str
+    root: Path
+    #: The folder of the Transformer module (config.json, tokenizer.json, weights).
+    transformer_dir: Path
+    pooling: str  # "mean" or "cls"
+    normalize: bool
+    max_seq_length: int
+    do_lower_case: bool
+    prompt: str
+    dim: int
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise EmbeddingError(f"cannot read {path}: {e}") from e
+
+
+def _locate(model: str) -> tuple[str, Path]:
+    model_id, location = resolve_model(model)
+    path = Path(location)
+    if path.is_dir():
+        return model_id, path
+    try:  # a hub name: only what is already in the local Hugging Face cache
+        from huggingface_hub import snapshot_download
+
+        return model_id, Path(snapshot_download(location, local_files_only=True))
+    except Exception as e:
+        raise EmbeddingError(
+            f"could not find the embedding model {model!r} locally ({e}). Offline, give a "
+            "local model folder with --embed-model (or RAG_EMBED_MODEL)"
+        ) from e
+
+
+def read_model_spec(model: str) -> ModelSpec:
+    """Reads modules.json, the pooling config and sentence_bert_config.json of ``model``."""
+    model_id, root = _locate(model)
+    unsupported = (
+        f"the ONNX backend supports sentence-transformers models made of a Transformer and "
+        f"mean or CLS pooling; {model!r} is not one ({{}}): use --embed-backend torch"
+    )
+    modules = _read_json(root / "modules.json")
+    if not isinstance(modules, list) or not modules:
+        raise EmbeddingError(unsupported.format("no modules.json"))
+    kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
+    if kinds[0] != "Transformer" or len(kinds) < 2 or kinds[1] != "Pooling":
+        raise EmbeddingError(unsupported.format(f"modules {kinds}"))
+    if any(k != "Normalize" for k in kinds[2:]):
+        raise EmbeddingError(unsupported.format(f"modules {kinds}"))
+    transformer_dir = root / modules[0].get("path", "")
+    pool = _read_json(root / modules[1].get("path", "1_Pooling") / "config.json")
+    if isinstance(pool.get("pooling_mode"), str):
+        modes = {pool["pooling_mode"]}
+    else:
+        modes = {
+            k.removeprefix("pooling_mode_")
+            for k, v in pool.items()
+            if k.startswith("pooling_mode_") and v
+        }
+    modes = {
+        "mean" if m in ("mean_tokens", "mean") else "cls" if m in ("cls_token", "cls") else m
+        for m in modes
+    }
+    if len(modes) != 1 or not modes <= {"mean", "cls"} or pool.get("include_prompt") is False:
+        raise EmbeddingError(unsupported.format(f"pooling {sorted(modes)}"))
+    sbert = _read_json(transformer_dir / "sentence_bert_config.json")
+    config = _read_json(transformer_dir / "config.json")
+    tok_config = _read_json(transformer_dir / "tokenizer_config.json")
+    if not (transformer_dir / "tokenizer.json").is_file():
+        raise EmbeddingError(unsupported.format("no tokenizer.json"))
+    max_len = sbert.get("max_seq_length")
+    if not max_len:
+        limits = [config.get("max_position_embeddings"), tok_config.get("model_max_length")]
+        max_len = min(int(v) for v in limits if isinstance(v, int | float) and v < 10**6)
+    st_config = _read_json(root / "config_sentence_transformers.json")
+    prompt = ""
+    if st_config.get("default_prompt_name"):
+        prompt = str(st_config.get("prompts", {}).get(st_config["default_prompt_name"], ""))
+    dim = pool.get("word_embedding_dimension") or config.get("hidden_size")
+    if not dim:
+        raise EmbeddingError(unsupported.format("no embedding dimension"))
+    return ModelSpec(
+        model_id=model_id,
+        root=root,
+        transformer_dir=transformer_dir,
+        pooling=modes.pop(),
+        normalize=True,  # the Embedder contract: unit vectors, as the torch backend gives
+        max_seq_length=int(max_len),
+        do_lower_case=bool(sbert.get("do_lower_case", False)),
+        prompt=prompt,
+        dim=int(dim),
+    )
+
+
+def model_key(spec: ModelSpec) -> str:
+    """``<slug>-<hash>``: readable, and distinct for every model folder and file version."""
+    h = hashlib.sha256(f"v{EXPORT_VERSION}\0{spec.root.resolve()}\0{spec.max_seq_length}".encode())
+    for path in sorted(p for p in spec.root.rglob("*") if p.is_file() and ".git" not in p.parts):
+        st = path.stat()
+        h.update(f"{path.relative_to(spec.root)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    slug = re.sub(r"[^a-z0-9]+", "-", "-".join(Path(spec.model_id).parts[-2:]).lower()).strip("-")
+    return f"{slug[:60] or 'model'}-{h.hexdigest()[:12]}"
+
+
+# --------------------------------------------------------------------------- export
+
+
+@contextlib.contextmanager
+def _file_lock(folder: Path) -> Iterator[None]:
+    """Serialises exports of one model between processes (threads have load_embedder's lock)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+b") as fh:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): atomic renames still keep the files whole
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _temp_path(dest: Path) -> Path:
+    # Unique per process and call; created by its writer, so the umask applies as usual.
+    return dest.with_name(f".{dest.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.onnx")
+
+
+def onnx_session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise EmbeddingError(f"onnxruntime cannot load {path}: {e}") from e
+
+
+def _run_hidden(session: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    feed = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in {i.name for i in session.get_inputs()}:
+        feed["token_type_ids"] = np.zeros_like(ids)
+    return session.run(None, feed)[0]
+
+
+def _probe_batch(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    tok = _tokenizer(spec)
+    encs = tok.encode_batch(list(_PROBE_TEXTS))
+    n = max(len(e.ids) for e in encs)
+    ids = np.zeros((len(encs), n), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, e in enumerate(encs):
+        ids[row, : len(e.ids)] = e.ids
+        mask[row, : len(e.ids)] = 1
+    return ids, mask
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    return float(np.abs((a - b) * mask[..., None]).max())
+
+
+def export_onnx(spec: ModelSpec, dest: Path) -> None:
+    """Exports the Transformer module of ``spec`` to ``dest`` with torch and checks the graph
+    against torch on a padded probe batch. Writes a temporary file and renames it."""
+    try:
+        import torch
+        from transformers import AutoModel
+    except ImportError as e:
+        raise MissingDependencyError("exporting a model to ONNX", e.name or "torch", "all") from e
+    _quiet_transformers()
+    try:
+        model = AutoModel.from_pretrained(
+            str(spec.transformer_dir), attn_implementation="eager", local_files_only=True
+        )
+    except Exception as e:
+        raise EmbeddingError(
+            f"cannot load {spec.model_id!r} with transformers to export it: {e}"
+        ) from e
+    import inspect
+
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in inspect.signature(model.forward).parameters:
+        names.append("token_type_ids")
+
+    class _Hidden(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            return self.inner(**dict(zip(names, inputs, strict=True))).last_hidden_state
+
+    # eval() on the wrapper: the exporter restores the wrapper's training flag afterwards.
+    wrapper = _Hidden(model).eval()
+    ids, mask = _probe_batch(spec)
+    args = tuple(torch.from_numpy(a) for a in (ids, mask, np.zeros_like(ids))[: len(names)])
+    tmp = _temp_path(dest)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = wrapper(*args).numpy()
+            try:  # the TorchScript exporter gives graphs ONNX Runtime's fusions recognise
+                torch.onnx.export(
+                    wrapper,
+                    args,
+                    str(tmp),
+                    dynamo=False,
+                    opset_version=OPSET,
+                    input_names=names,
+                    output_names=["last_hidden_state"],
+                    dynamic_axes={
+                        n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]
+                    },
+                    do_constant_folding=True,
+                )
+            except (TypeError, RuntimeError, AttributeError):  # a torch without it
+                batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", max=4096)
+                torch.onnx.export(
+                    wrapper,
+                    args,
+                    str(tmp),
+                    dynamo=True,
+                    opset_version=OPSET,
+                    input_names=names,
+                    output_names=["last_hidden_state"],
+                    dynamic_shapes=[{0: batch, 1: seq} for _ in names],
+                    external_data=False,
+                )
+        got = _run_hidden(onnx_session(tmp, 1), ids, mask)
+        if got.shape != expected.shape or _max_diff(got, expected, mask) > 1e-3:
+            diff = _max_diff(got, expected, mask) if got.shape == expected.shape else float("nan")
+            raise EmbeddingError(
+                f"the ONNX export of {spec.model_id!r} does not reproduce torch's output "
+                f"(max difference {diff:.2g}): use --embed-backend torch"
+            )
+        os.replace(tmp, dest)
+    except EmbeddingError:
+        raise
+    except ImportError as e:
+        raise MissingDependencyError("exporting a model to ONNX", e.name or "onnx", "onnx") from e
+    except Exception as e:
+        raise EmbeddingError(f"cannot export {spec.model_id!r} to ONNX: {e}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fuse_onnx(spec: ModelSpec, src: Path, dest: Path) -> bool:
+    """Applies ONNX Runtime's transformer fusions (attention, layer norm, GELU) to ``src``.
+    Returns False, leaving no file, when they fail or change the output."""
+    config = _read_json(spec.transformer_dir / "config.json")
+    heads, hidden = config.get("num_attention_heads"), config.get("hidden_size")
+    if not heads or not hidden:
+        return False
+    tmp = _temp_path(dest)
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        with warnings.catch_warnings(), _quiet_logging():
+            warnings.simplefilter("ignore")
+            fused = optimize_model(
+                str(src),
+                model_type="bert",
+                num_heads=int(heads),
+                hidden_size=int(hidden),
+                opt_level=0,
+            )
+            fused.save_model_to_file(str(tmp))
+        ids, mask = _probe_batch(spec)
+        diff = _max_diff(
+            _run_hidden(onnx_session(tmp, 1), ids, mask),
+            _run_hidden(onnx_session(src, 1), ids, mask),
+            mask,
+        )
+        if diff > 1e-3:
+            return False
+        os.replace(tmp, dest)
+        return True
+    except Exception:  # the fusions are an optimisation: the plain graph serves instead
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_onnx(spec: ModelSpec, src: Path, dest: Path, recipe: QuantRecipe) -> None:
+    """Dynamic INT8 quantisation of ``src`` into ``dest`` following ``recipe``."""
+    try:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as e:
+        raise MissingDependencyError(
+            "the onnx-int8 embedding backend", e.name or "onnx", "onnx"
+        ) from e
+    layers = int(_read_json(spec.transformer_dir / "config.json").get("num_hidden_layers", 0))
+    patterns = [re.compile(p.replace("{last}", str(max(layers - 1, 0)))) for p in recipe.exclude]
+    graph = onnx.load(str(src), load_external_data=False).graph
+    excluded = [n.name for n in graph.node if any(p.search(n.name) for p in patterns)]
+    tmp = _temp_path(dest)
+    try:
+        with warnings.catch_warnings(), _quiet_logging():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(
+                str(src),
+                str(tmp),
+                op_types_to_quantize=list(recipe.op_types) or None,
+                per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
+                weight_type=QuantType.QUInt8 if recipe.weight_type == "quint8" else QuantType.QInt8,
+                nodes_to_exclude=excluded or None,
+                extra_options={
+                    "ActivationSymmetric": recipe.activation_symmetric,
+                    # shape inference cannot type the outputs of fused (com.microsoft) ops
+                    "DefaultTensorType": onnx.TensorProto.FLOAT,
+                },
+            )
+        os.replace(tmp, dest)
+    except Exception as e:
+        raise EmbeddingError(
+            f"cannot quantise {spec.model_id!r} to INT8 ({recipe.name}): {e}"
+        ) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("torch", "transformers", "onnxruntime", "onnx"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            out[name] = str(getattr(mod, "__version__", "?"))
+    return out
+
+
+def prepare_onnx(
+    spec: ModelSpec, cache_dir: Path, *, quantized: bool, recipe: QuantRecipe = DEFAULT_INT8_RECIPE
+) -> Path:
+    """The cached graph for ``spec``: exported, fused and quantised as needed, once."""
+    folder = cache_dir / model_key(spec)
+    plain, fused = folder / "model.onnx", folder / "model-opt.onnx"
+    int8 = folder / f"model-int8-{recipe.key}.onnx"
+
+    def ready() -> Path | None:
+        if quantized:
+            return int8 if int8.is_file() else None
+        info = _read_json(folder / "export.json")
+        if plain.is_file() and "fused" in info:
+            return fused if info["fused"] and fused.is_file() else plain
+        return None
+
+    if (done := ready()) is not None:
+        return done
+    with _file_lock(folder):
+        if (done := ready()) is not None:  # another process made it while this one waited
+            return done
+        info = _read_json(folder / "export.json")
+        if not plain.is_file():
+            started = time.perf_counter()
+            export_onnx(spec, plain)
+            info = {
+                "model_id": spec.model_id,
+                "source": str(spec.root),
+                "export_version": EXPORT_VERSION,
+                "opset": OPSET,
+                "export_seconds": round(time.perf_counter() - started, 2),
+                "versions": _versions(),
+            }
+        if "fused" not in info or (info["fused"] and not fused.is_file()):
+            info["fused"] = fuse_onnx(spec, plain, fused)
+            _write_json(folder / "export.json", info)
+        if not quantized:
+            return fused if info["fused"] else plain
+        quantize_onnx(spec, fused if recipe.fused and info["fused"] else plain, int8, recipe)
+        return int8
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def _tokenizer(spec: ModelSpec) -> Any:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(spec.transformer_dir / "tokenizer.json"))
+    # Set once here and never per call, so that threads can share the tokenizer.
+    tok.enable_truncation(max_length=spec.max_seq_length)
+    tok.no_padding()
+    return tok
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyper-threads share one core's units)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text(), (topo / "core_id").read_text()))
+        except OSError:
+            return len(cpus)
+    return max(1, len(cores))
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ragkit" / "models"
+
+
+class OnnxEmbedder:
+    """A sentence-transformers model running on ONNX Runtime (CPU), fp32 or dynamic INT8.
+
+    The first use exports the model with torch into ``cache_dir``; later uses load the cached
+    graph without importing torch. Threads: ``RAG_ONNX_THREADS`` or the physical cores.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        quantized: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        cache_dir: Path | None = None,
+        recipe: QuantRecipe | None = None,
+        threads: int | None = None,
+    ) -> None:
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise MissingDependencyError("the onnx embedding backend", "onnxruntime", "onnx")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.spec = read_model_spec(model)
+        self.id = self.spec.model_id
+        self.backend = "onnx-int8" if quantized else "onnx"
+        self.dim = self.spec.dim
+        self.batch_size = max(1, int(batch_size))
+        self.recipe = (recipe or DEFAULT_INT8_RECIPE) if quantized else None
+        cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+        self.path = prepare_onnx(
+            self.spec, cache, quantized=quantized, recipe=self.recipe or DEFAULT_INT8_RECIPE
+        )
+        if threads is None:
+            env = os.environ.get("RAG_ONNX_THREADS", "").strip()
+            threads = int(env) if env.isdigit() and int(env) > 0 else physical_cores()
+        self.threads = threads
+        self._session = onnx_session(self.path, threads)
+        self._needs_types = "token_type_ids" in {i.name for i in self._session.get_inputs()}
+        self._tok = _tokenizer(self.spec)
+        self._special = len(self._tok.encode("").ids)
+        self.max_tokens = self.spec.max_seq_length - self._special
+        self.count_tokens = TokenCounter(self.spec.transformer_dir / "tokenizer.json")
+
+    def _prepare(self, text: str) -> str:
+        text = self.spec.prompt + text
+        return text.lower() if self.spec.do_lower_case else text
+
+    def _encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if self._needs_types:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        try:
+            hidden = self._session.run(None, feed)[0]
+        except Exception as e:
+            raise EmbeddingError(f"embedding with {self.id} ({self.backend}) failed: {e}") from e
+        if self.spec.pooling == "cls":
+            vecs = hidden[:, 0, :]
+        else:
+            weights = mask.astype(np.float32)
+            vecs = np.einsum("bld,bl->bd", hidden, weights) / np.maximum(
+                weights.sum(1, keepdims=True), 1e-9
+            )
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        return (vecs / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        encs = self._tok.encode_batch([self._prepare(t) for t in texts])
+        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+        # Batches of similar length waste little on padding; out[] restores the input order.
+        order = np.argsort(-lengths, kind="stable")
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            ids = np.zeros((len(rows), int(lengths[rows[0]])), dtype=np.int64)
+            mask = np.zeros_like(ids)
+            for i, row in enumerate(rows):
+                n = lengths[row]
+                ids[i, :n] = encs[row].ids
+                mask[i, :n] = 1
+            out[rows] = self._encode(ids, mask)
+        return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        ids = np.asarray([self._tok.encode(self._prepare(text)).ids], dtype=np.int64)
+        return self._encode(ids, np.ones_like(ids))[0]
