@@ -10,7 +10,10 @@ so the numbers match trec_eval's (and thus BEIR's published ones) exactly.
 from __future__ import annotations
 
 import os
+import re
+import string
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -75,3 +78,42 @@ def percentiles(
         return {f"p{p:g}": float("nan") for p in points}
     arr = np.asarray(samples, dtype=np.float64)
     return {f"p{p:g}": float(np.percentile(arr, p)) for p in points}
+
+
+# --- SQuAD answer metrics (as the official evaluate-v1.1 script defines them) -----------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, punctuation removed, articles (a, an, the) removed, whitespace collapsed."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, gold: Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals any normalised gold answer."""
+    p = normalize_answer(prediction)
+    return float(any(p == normalize_answer(g) for g in gold))
+
+
+def f1_score(prediction: str, gold: Sequence[str]) -> float:
+    """The best token-overlap F1 of the prediction against any gold answer."""
+    pred = normalize_answer(prediction).split()
+    best = 0.0
+    for g in gold:
+        ref = normalize_answer(g).split()
+        common = Counter(pred) & Counter(ref)
+        same = sum(common.values())
+        if same == 0:
+            continue
+        precision, recall = same / len(pred), same / len(ref)
+        best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def contains_answer(prediction: str, gold: Sequence[str]) -> float:
+    """1.0 when any normalised gold answer appears in the normalised prediction."""
+    p = f" {normalize_answer(prediction)} "
+    return float(any(f" {normalize_answer(g)} " in p for g in gold if normalize_answer(g)))

@@ -57,6 +57,29 @@ def _eval_parser(sub: Any, common: Common) -> None:
         default=None,
         help="JSON result file (default eval/results/retrieval-<dataset>-<store>-<backend>.json)",
     )
+    q = kinds.add_parser("qa", help="hit@1/5, SQuAD EM/F1 and citations on a SQuAD-format file")
+    common(q)
+    q.add_argument("--dataset", type=Path, required=True, metavar="FILE", help="e.g. xquad.en.json")
+    q.add_argument(
+        "--generators",
+        default="extractive,local",
+        help="comma-separated: extractive, local, openai (openai needs OPENAI_BASE_URL/KEY)",
+    )
+    q.add_argument(
+        "--limit",
+        type=int,
+        default=100,
+        help="questions answered per generator (a fixed random sample; 0 = all)",
+    )
+    q.add_argument("--k", type=int, default=5, help="passages per question")
+    q.add_argument("--mode", choices=("dense", "bm25", "hybrid"), default=None)
+    q.add_argument("--embed-backend", default=None, help="torch, onnx or onnx-int8")
+    q.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON result file (default eval/results/qa-<dataset>-<store>.json)",
+    )
     EXTRA_COMMANDS["eval"] = _cmd_eval
 
 
@@ -84,6 +107,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         out = args.out or RESULTS_DIR / (
             f"retrieval-{args.dataset.resolve().name}-{result['store']}-{result['embed_backend']}.json"
         )
+        _write(out, result)
+        print(
+            json.dumps(result, indent=2)
+            if as_json
+            else markdown(result) + f"\n\n(written to {out})"
+        )
+        return 0
+    if args.eval_kind == "qa":
+        from eval.qa import GENERATORS, markdown, run
+        from rag.errors import ConfigError
+
+        names = [g.strip() for g in args.generators.split(",") if g.strip()]
+        bad = [g for g in names if g not in GENERATORS]
+        if bad:
+            raise ConfigError(
+                f"unknown generator(s) {', '.join(bad)}; choose from {', '.join(GENERATORS)}"
+            )
+        settings = _settings(args, embed_backend=args.embed_backend)
+        as_json = getattr(args, "json", False)
+        result = run(
+            args.dataset,
+            settings,
+            generators=names,
+            limit=args.limit or None,
+            k=args.k,
+            progress=not as_json and sys.stderr.isatty(),
+        )
+        out = args.out or RESULTS_DIR / f"qa-{args.dataset.stem}-{result['store']}.json"
         _write(out, result)
         print(
             json.dumps(result, indent=2)

@@ -63,3 +63,17 @@ def test_percentiles() -> None:
     assert p["p95"] == pytest.approx(95.05)
     assert p["p99"] == pytest.approx(99.01)
     assert math.isnan(percentiles([])["p50"])
+
+
+def test_squad_normalisation_em_f1_contains() -> None:
+    from eval.metrics import contains_answer, exact_match, f1_score, normalize_answer
+
+    assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
+    assert exact_match("the Eiffel tower.", ["Eiffel Tower", "tower"]) == 1.0
+    assert exact_match("Eiffel", ["Eiffel Tower"]) == 0.0
+    # prediction "eiffel tower paris" vs gold "eiffel tower": precision 2/3, recall 1
+    assert f1_score("Eiffel Tower, Paris", ["the Eiffel Tower"]) == pytest.approx(0.8)
+    assert f1_score("nothing shared", ["Eiffel Tower"]) == 0.0
+    assert f1_score("Paris", ["London", "Paris"]) == 1.0  # the best gold answer counts
+    assert contains_answer("It is 330 metres tall [1].", ["330 metres"]) == 1.0
+    assert contains_answer("It is 3300 metres tall.", ["330 metres"]) == 0.0
