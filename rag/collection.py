@@ -230,54 +230,47 @@ class Collection:
 
         self.path.mkdir(parents=True, exist_ok=True)
         with self.lock():
-            emb = self.embedder
             s = self.settings
             m = self.manifest
-            size = (
-                s.chunk_size
-                if s.chunk_size is not None
-                else (m.chunk_size if m else DEFAULT_CHUNK_SIZE)
-            )
-            overlap = (
-                s.chunk_overlap
-                if s.chunk_overlap is not None
-                else (m.chunk_overlap if m else DEFAULT_CHUNK_OVERLAP)
-            )
+            size = s.chunk_size if s.chunk_size is not None else (m.chunk_size if m else DEFAULT_CHUNK_SIZE)
+            overlap = (s.chunk_overlap if s.chunk_overlap is not None
+                       else (m.chunk_overlap if m else DEFAULT_CHUNK_OVERLAP))
+            chunk_settings = ChunkerSettings(size, overlap)
             rechunk = m is not None and (m.chunk_size, m.chunk_overlap) != (size, overlap)
-            chunker = Chunker(
-                ChunkerSettings(size, overlap),
-                count_tokens=emb.count_tokens,
-                max_tokens=emb.max_tokens,
-                tokenizer_id=emb.id,
-            )
-            if m is None:
-                m = Manifest(
-                    self.name,
-                    s.store,
-                    emb.id,
-                    emb.backend,
-                    emb.dim,
-                    emb.max_tokens,
-                    chunker.size,
-                    chunker.overlap,
-                    versions=_versions(),
-                )
-            m.chunk_size, m.chunk_overlap = chunker.size, chunker.overlap
-            m.save(self.path / "manifest.json")
-            self.manifest = m
-            cache = EmbeddingCache(
-                s.data_dir / "cache" / "embeddings.sqlite", f"{emb.id}|{emb.backend}", emb.dim
-            )
-            try:
-                report = Ingestor(
-                    store=self.store,
-                    records=self.records,
-                    embedder=emb,
-                    chunker=chunker,
-                    cache=cache,
-                    max_file_bytes=s.max_file_bytes,
+            if m is None or rechunk:
+                # A new collection records its embedder, which must be loaded to know it.
+                emb = self.embedder
+                chunker = Chunker(chunk_settings, count_tokens=emb.count_tokens,
+                                  max_tokens=emb.max_tokens, tokenizer_id=emb.id)
+                if m is None:
+                    m = Manifest(self.name, s.store, emb.id, emb.backend, emb.dim, emb.max_tokens,
+                                 chunker.size, chunker.overlap, versions=_versions())
+                m.chunk_size, m.chunk_overlap = chunker.size, chunker.overlap
+                m.save(self.path / "manifest.json")
+                self.manifest = m
+
+            def make_chunker() -> Chunker:
+                emb = self.embedder
+                return Chunker(chunk_settings, count_tokens=emb.count_tokens,
+                               max_tokens=emb.max_tokens, tokenizer_id=emb.id)
+
+            def ingestor() -> Ingestor:
+                return Ingestor(
+                    store=self.store, records=self.records, embedder=lambda: self.embedder,
+                    chunker=make_chunker, cache=cache, max_file_bytes=s.max_file_bytes,
                     rechunk=rechunk,
-                ).run(paths, include=include, exclude=exclude, cleanup=cleanup, progress=progress)
+                )
+
+            cache = EmbeddingCache(s.data_dir / "cache" / "embeddings.sqlite",
+                                   f"{m.embed_model}|{m.embed_backend}", m.dim)
+            try:
+                try:
+                    report = ingestor().run(paths, include=include, exclude=exclude, cleanup=cleanup,
+                                            progress=progress)
+                except StoreCorruptedError as e:
+                    extra = self._rebuild(e)
+                    report = ingestor().run([*paths, *extra], include=include, exclude=exclude,
+                                            cleanup=cleanup, progress=progress)
             finally:
                 cache.close()
             if report.chunks or report.deleted:

@@ -105,19 +105,38 @@ class Ingestor:
         *,
         store: VectorStore,
         records: RecordStore,
-        embedder: Embedder,
-        chunker: Chunker,
+        embedder: Callable[[], Embedder],
+        chunker: Callable[[], Chunker],
         cache: EmbeddingCache | None,
         max_file_bytes: int,
         rechunk: bool = False,
     ) -> None:
+        # The embedder and chunker are built on first use: an ingest that finds nothing
+        # changed never loads the model.
         self.store = store
         self.records = records
-        self.embedder = embedder
-        self.chunker = chunker
+        self._embedder_factory = embedder
+        self._chunker_factory = chunker
+        self._embedder: Embedder | None = None
+        self._chunker: Chunker | None = None
+        self._factory_lock = threading.Lock()
         self.cache = cache
         self.max_file_bytes = max_file_bytes
         self.rechunk = rechunk
+
+    @property
+    def embedder(self) -> Embedder:
+        with self._factory_lock:
+            if self._embedder is None:
+                self._embedder = self._embedder_factory()
+            return self._embedder
+
+    @property
+    def chunker(self) -> Chunker:
+        with self._factory_lock:
+            if self._chunker is None:
+                self._chunker = self._chunker_factory()
+            return self._chunker
 
     def run(
         self,
