@@ -1,0 +1,352 @@
+"""ONNX embedding variants against torch: speed, query latency, vector quality, file size.
+
+Embeds the same SciFact passages (title + " " + abstract, corpus order) with torch fp32, the
+ONNX fp32 graphs and several dynamic-INT8 recipes, in one process; the variants take turns
+chunk by chunk (and query by query), so that load from other work falls on all of them
+alike. Speed is the median of the rounds' wall times (and CPU times, which load disturbs
+less). Quality is measured against the first round's vectors of the reference (torch when
+it is among the variants, else the first one): mean and minimum cosine, and top-10 neighbour
+overlap (each passage's ten nearest passages within the set). Writes JSON (one section per
+run) and prints a markdown table::
+
+    .venv/bin/python -m eval.quantization --passages 2000 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eval.datasets import load_beir
+from rag.config import DEFAULT_EMBED_MODEL
+from rag.embeddings import Embedder, SentenceTransformerEmbedder
+from rag.onnx_embed import DEFAULT_INT8_RECIPE, OnnxEmbedder, QuantRecipe, onnx_session
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Recipes this study compares (``DEFAULT_INT8_RECIPE`` is picked from them). Names: ``plain``
+#: quantises the graph as torch exported it, ``fused`` the graph after ONNX Runtime's
+#: transformer fusions; ``u8``/``s8`` the weight type; ``pc`` per-channel weight scales;
+#: ``rr`` 7-bit weights (reduce_range); ``keep-X`` leaves nodes X in fp32.
+_U8_PC = {"weight_type": "quint8", "per_channel": True}
+RECIPES: dict[str, QuantRecipe] = {
+    r.name: r
+    for r in (
+        QuantRecipe("plain-s8", fused=False),  # quantize_dynamic's defaults
+        QuantRecipe("plain-u8", fused=False, weight_type="quint8"),
+        QuantRecipe("fused-s8"),
+        QuantRecipe("fused-u8", weight_type="quint8"),
+        QuantRecipe("fused-s8-rr", reduce_range=True),
+        QuantRecipe("fused-s8-pc", per_channel=True),
+        QuantRecipe("fused-s8-pc-rr", per_channel=True, reduce_range=True),
+        QuantRecipe("fused-u8-pc", **_U8_PC),
+        QuantRecipe("fused-u8-mm", weight_type="quint8", op_types=("MatMul",)),
+        QuantRecipe("u8-pc-keep-qkv", exclude=(r"^Attention_\d+$",), **_U8_PC),
+        QuantRecipe("u8-pc-keep-attn-out", exclude=(r"attention/output/dense/",), **_U8_PC),
+        QuantRecipe("u8-pc-keep-ffn1", exclude=(r"intermediate/dense/",), **_U8_PC),
+        QuantRecipe("u8-pc-keep-first", exclude=(r"^Attention_0$", r"layer\.0/"), **_U8_PC),
+        QuantRecipe(
+            "u8-pc-keep-last", exclude=(r"^Attention_{last}$", r"layer\.{last}/"), **_U8_PC
+        ),
+        QuantRecipe("u8-pc-keep-ffn2-0-2", exclude=(r"layer\.[0-2]/output/dense/",), **_U8_PC),
+        QuantRecipe(
+            "u8-pc-keep-ffn2-first",
+            exclude=(r"layer\.\d+/output/dense/", r"^Attention_0$", r"layer\.0/"),
+            **_U8_PC,
+        ),
+        DEFAULT_INT8_RECIPE,
+    )
+}
+DEFAULT_VARIANTS = (
+    "torch",
+    "onnx-plain",
+    "onnx",
+    "int8:plain-s8",
+    "int8:fused-u8-pc",
+    "int8:u8-pc-keep-ffn2-0-2",
+    "int8:default",
+)
+
+
+def passages(dataset: Path, n: int) -> list[str]:
+    ds = load_beir(dataset)
+    return [ds.doc_text(doc_id) for doc_id in list(ds.corpus)[:n]]
+
+
+def queries(dataset: Path, n: int) -> list[str]:
+    ds = load_beir(dataset)
+    return list(ds.queries.values())[:n]
+
+
+def neighbours(vecs: np.ndarray, k: int = 10) -> np.ndarray:
+    sims = vecs @ vecs.T
+    np.fill_diagonal(sims, -np.inf)
+    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> float:
+    k = a.shape[1]
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))
+
+
+def make_variant(
+    name: str, *, cache_dir: Path, batch_size: int
+) -> tuple[Callable[[], Embedder], Callable[[Embedder], int]]:
+    """(build, file size) for a variant name: ``torch``, ``onnx``, ``onnx-plain``,
+    ``int8:<recipe>`` (``int8:default`` is ``DEFAULT_INT8_RECIPE``); ``@<n>`` sets the batch."""
+    base, _, bs = name.partition("@")
+    batch = int(bs) if bs else batch_size
+    if base == "torch":
+        from rag.embeddings import resolve_model
+
+        weights = Path(resolve_model(DEFAULT_EMBED_MODEL)[1]) / "model.safetensors"
+        return (
+            lambda: SentenceTransformerEmbedder(DEFAULT_EMBED_MODEL, batch_size=batch),
+            lambda e: weights.stat().st_size,
+        )
+
+    def size(e: Embedder) -> int:
+        return Path(e.path).stat().st_size  # type: ignore[attr-defined]
+
+    if base in ("onnx", "onnx-plain"):
+
+        def build() -> Embedder:
+            emb = OnnxEmbedder(DEFAULT_EMBED_MODEL, batch_size=batch, cache_dir=cache_dir)
+            if base == "onnx-plain":  # the graph as exported, before the transformer fusions
+                emb.path = emb.path.parent / "model.onnx"
+                emb._session = onnx_session(emb.path, emb.threads)
+            return emb
+
+        return build, size
+    if base.startswith("int8:"):
+        key = base.split(":", 1)[1]
+        recipe = DEFAULT_INT8_RECIPE if key == "default" else RECIPES[key]
+        return (
+            lambda: OnnxEmbedder(
+                DEFAULT_EMBED_MODEL,
+                quantized=True,
+                recipe=recipe,
+                batch_size=batch,
+                cache_dir=cache_dir,
+            ),
+            size,
+        )
+    raise SystemExit(f"unknown variant {name!r}")
+
+
+def run(
+    dataset: Path,
+    *,
+    n_passages: int,
+    n_queries: int,
+    repeats: int,
+    variants: Sequence[str],
+    cache_dir: Path,
+    batch_size: int,
+    chunk: int = 64,
+) -> dict[str, Any]:
+    texts = passages(dataset, n_passages)
+    claims = queries(dataset, n_queries)
+    built: dict[str, Embedder] = {}
+    sizes: dict[str, int] = {}
+    prepare_s: dict[str, float] = {}
+    for name in variants:
+        build, size = make_variant(name, cache_dir=cache_dir, batch_size=batch_size)
+        started = time.perf_counter()
+        built[name] = build()
+        prepare_s[name] = time.perf_counter() - started
+        sizes[name] = size(built[name])
+        built[name].embed_query("warm up")
+        print(f"prepared {name} in {prepare_s[name]:.1f}s", file=sys.stderr, flush=True)
+    tokens = built[variants[0]].count_tokens(texts)
+    limit = built[variants[0]].max_tokens
+    vecs: dict[str, np.ndarray] = {}
+    seconds: dict[str, list[float]] = {n: [] for n in variants}
+    latency: dict[str, list[float]] = {n: [] for n in variants}
+    load = [os.getloadavg()[0]]
+    cpu: dict[str, list[float]] = {n: [] for n in variants}
+    # Variants take turns chunk by chunk (in a rotating order), so that background load, which
+    # changes from second to second on a shared machine, falls on all of them alike.
+    starts = range(0, len(texts), chunk)
+    for rep in range(repeats):
+        wall = dict.fromkeys(variants, 0.0)
+        used = dict.fromkeys(variants, 0.0)
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in variants}
+        for i, start in enumerate(starts):
+            turn = variants[i % len(variants) :] + variants[: i % len(variants)]
+            for name in turn:
+                c0, t0 = time.process_time(), time.perf_counter()
+                parts[name].append(built[name].embed(texts[start : start + chunk]))
+                wall[name] += time.perf_counter() - t0
+                used[name] += time.process_time() - c0
+        for j, q in enumerate(claims):
+            turn = variants[j % len(variants) :] + variants[: j % len(variants)]
+            for name in turn:
+                t0 = time.perf_counter()
+                built[name].embed_query(q)
+                latency[name].append(time.perf_counter() - t0)
+        for name in variants:
+            seconds[name].append(wall[name])
+            cpu[name].append(used[name])
+            vecs.setdefault(name, np.concatenate(parts[name]))
+        load.append(os.getloadavg()[0])
+        print(
+            f"round {rep + 1}/{repeats}: "
+            + ", ".join(f"{n} {len(texts) / seconds[n][-1]:.1f}/s" for n in variants),
+            file=sys.stderr,
+            flush=True,
+        )
+    ref_name = "torch" if "torch" in vecs else variants[0]
+    ref = vecs[ref_name]
+    ref_nn = neighbours(ref)
+    rows = []
+    for name in variants:
+        cos = (vecs[name] * ref).sum(axis=1)
+        rate = len(texts) / statistics.median(seconds[name])
+        emb = built[name]
+        recipe = getattr(emb, "recipe", None)
+        rows.append(
+            {
+                "variant": name,
+                "backend": emb.backend,
+                "recipe": asdict(recipe) if recipe else None,
+                "passages_per_s": round(rate, 2),
+                "passages_per_s_runs": [round(len(texts) / s, 2) for s in seconds[name]],
+                "passages_per_cpu_s": round(len(texts) / statistics.median(cpu[name]), 2),
+                "query_p50_ms": _ms(latency[name], 50),
+                "query_p90_ms": _ms(latency[name], 90),
+                "mean_cos": round(float(cos.mean()), 5),
+                "min_cos": round(float(cos.min()), 5),
+                "top10_overlap": round(overlap(neighbours(vecs[name]), ref_nn), 4),
+                "file_mb": round(sizes[name] / 1e6, 1),
+                "prepare_s": round(prepare_s[name], 1),
+            }
+        )
+    base = next(r for r in rows if r["variant"] == ref_name)
+    for r in rows:
+        r["speed_vs_ref"] = round(r["passages_per_s"] / base["passages_per_s"], 2)
+        if r["query_p50_ms"] and base["query_p50_ms"]:
+            r["query_speedup_vs_ref"] = round(base["query_p50_ms"] / r["query_p50_ms"], 2)
+    return {
+        "command": "python -m eval.quantization " + shlex.join(sys.argv[1:]),
+        "reference": ref_name,
+        "default_int8_recipe": asdict(DEFAULT_INT8_RECIPE),
+        "passages": len(texts),
+        "mean_tokens": round(float(np.mean(tokens)), 1),
+        "mean_tokens_embedded": round(float(np.mean(np.minimum(tokens, limit))), 1),
+        "truncated_fraction": round(float(np.mean(np.asarray(tokens) > limit)), 3),
+        "queries": len(claims),
+        "repeats": repeats,
+        "chunk": chunk,
+        "batch_size": batch_size,
+        "host": host_info(built),
+        "load_average_1m": [round(x, 2) for x in load],
+        "results": rows,
+    }
+
+
+def _ms(seconds: list[float], pct: float) -> float | None:
+    return round(1000 * float(np.percentile(seconds, pct)), 2) if seconds else None
+
+
+def host_info(built: dict[str, Embedder]) -> dict[str, Any]:
+    import onnxruntime
+
+    cpu, flags = "", ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not cpu:
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line
+    except OSError:
+        pass
+    isa = [
+        f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f" {f}" in flags
+    ]
+    threads = {getattr(e, "threads", None) for e in built.values()} - {None}
+    return {
+        "cpu": cpu or platform.processor(),
+        "isa": isa,
+        "logical_cpus": os.cpu_count(),
+        "onnx_threads": sorted(threads),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    ref = result["reference"]
+    head = (
+        f"| variant | passages/s | x {ref} | passages/CPU-s | query p50 ms | mean cos "
+        "| min cos | top-10 overlap | file MB |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for r in result["results"]:
+        lines.append(
+            f"| {r['variant']} | {r['passages_per_s']:.1f} | {r['speed_vs_ref']:.2f} "
+            f"| {r['passages_per_cpu_s']:.1f} "
+            f"| {r['query_p50_ms'] or '-'} | {r['mean_cos']:.4f} | {r['min_cos']:.4f} "
+            f"| {r['top10_overlap']:.3f} | {r['file_mb']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", type=Path, default=ROOT.parent / "shared" / "datasets" / "scifact")
+    p.add_argument("--passages", type=int, default=2000)
+    p.add_argument("--queries", type=int, default=100, help="claims timed one by one")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--chunk", type=int, default=64, help="passages per turn when the variants alternate"
+    )
+    p.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help="comma-separated: torch, onnx, onnx-plain, int8:<recipe> "
+        f"({', '.join(RECIPES)}, default); append @N for batch size N",
+    )
+    p.add_argument("--cache-dir", type=Path, default=ROOT / "eval" / "cache" / "models")
+    p.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "quantization.json")
+    p.add_argument(
+        "--section",
+        default="main",
+        help="the key this run is stored under in --out; runs under other keys are kept",
+    )
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    result = run(
+        args.dataset,
+        n_passages=args.passages,
+        n_queries=args.queries,
+        repeats=args.repeats,
+        variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+        cache_dir=args.cache_dir,
+        batch_size=args.batch_size,
+        chunk=args.chunk,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    runs = json.loads(args.out.read_text()).get("runs", {}) if args.out.is_file() else {}
+    runs[args.section] = result
+    args.out.write_text(json.dumps({"runs": runs}, indent=2) + "\n", encoding="utf-8")
+    print(markdown(result))
+    print(f"\n{result['command']}; written to {args.out} under {args.section!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
