@@ -73,6 +73,33 @@ def _retrieval(p: argparse.ArgumentParser) -> None:
         help="dense (default), bm25 or hybrid (both, fused)",
     )
     p.add_argument("--mmr", action="store_true", help="re-rank the passages for diversity")
+    p.add_argument(
+        "--mmr-lambda",
+        type=float,
+        default=None,
+        help="MMR trade-off, 1 = relevance only, 0 = diversity only (default 0.5)",
+    )
+    p.add_argument(
+        "--fusion",
+        choices=("rrf", "weighted"),
+        default=None,
+        help="how hybrid fuses: reciprocal rank fusion (default) or weighted scores",
+    )
+    p.add_argument(
+        "--rrf-k", type=int, default=None, help="RRF's k: each rank r adds 1/(k + r) (default 60)"
+    )
+    p.add_argument(
+        "--weight",
+        type=float,
+        default=None,
+        help="weighted fusion: share of the dense score, 0..1 (default 0.5)",
+    )
+    p.add_argument(
+        "--rerank",
+        default=None,
+        metavar="MODEL",
+        help="re-rank with a cross-encoder you have (a local folder); none ships with ragkit",
+    )
 
 
 def _generation(p: argparse.ArgumentParser) -> None:
@@ -204,6 +231,11 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Any:
         llm_model=getattr(args, "llm_model", None),
         local_model=getattr(args, "local_model", None),
         max_tokens=getattr(args, "max_tokens", None),
+        mmr_lambda=getattr(args, "mmr_lambda", None),
+        fusion=getattr(args, "fusion", None),
+        rrf_k=getattr(args, "rrf_k", None),
+        fusion_weight=getattr(args, "weight", None),
+        rerank_model=getattr(args, "rerank", None),
         **extra,
     )
 

@@ -232,45 +232,82 @@ class Collection:
         with self.lock():
             s = self.settings
             m = self.manifest
-            size = s.chunk_size if s.chunk_size is not None else (m.chunk_size if m else DEFAULT_CHUNK_SIZE)
-            overlap = (s.chunk_overlap if s.chunk_overlap is not None
-                       else (m.chunk_overlap if m else DEFAULT_CHUNK_OVERLAP))
+            size = (
+                s.chunk_size
+                if s.chunk_size is not None
+                else (m.chunk_size if m else DEFAULT_CHUNK_SIZE)
+            )
+            overlap = (
+                s.chunk_overlap
+                if s.chunk_overlap is not None
+                else (m.chunk_overlap if m else DEFAULT_CHUNK_OVERLAP)
+            )
             chunk_settings = ChunkerSettings(size, overlap)
             rechunk = m is not None and (m.chunk_size, m.chunk_overlap) != (size, overlap)
             if m is None or rechunk:
                 # A new collection records its embedder, which must be loaded to know it.
                 emb = self.embedder
-                chunker = Chunker(chunk_settings, count_tokens=emb.count_tokens,
-                                  max_tokens=emb.max_tokens, tokenizer_id=emb.id)
+                chunker = Chunker(
+                    chunk_settings,
+                    count_tokens=emb.count_tokens,
+                    max_tokens=emb.max_tokens,
+                    tokenizer_id=emb.id,
+                )
                 if m is None:
-                    m = Manifest(self.name, s.store, emb.id, emb.backend, emb.dim, emb.max_tokens,
-                                 chunker.size, chunker.overlap, versions=_versions())
+                    m = Manifest(
+                        self.name,
+                        s.store,
+                        emb.id,
+                        emb.backend,
+                        emb.dim,
+                        emb.max_tokens,
+                        chunker.size,
+                        chunker.overlap,
+                        versions=_versions(),
+                    )
                 m.chunk_size, m.chunk_overlap = chunker.size, chunker.overlap
                 m.save(self.path / "manifest.json")
                 self.manifest = m
 
             def make_chunker() -> Chunker:
                 emb = self.embedder
-                return Chunker(chunk_settings, count_tokens=emb.count_tokens,
-                               max_tokens=emb.max_tokens, tokenizer_id=emb.id)
+                return Chunker(
+                    chunk_settings,
+                    count_tokens=emb.count_tokens,
+                    max_tokens=emb.max_tokens,
+                    tokenizer_id=emb.id,
+                )
 
             def ingestor() -> Ingestor:
                 return Ingestor(
-                    store=self.store, records=self.records, embedder=lambda: self.embedder,
-                    chunker=make_chunker, cache=cache, max_file_bytes=s.max_file_bytes,
+                    store=self.store,
+                    records=self.records,
+                    embedder=lambda: self.embedder,
+                    chunker=make_chunker,
+                    cache=cache,
+                    max_file_bytes=s.max_file_bytes,
                     rechunk=rechunk,
                 )
 
-            cache = EmbeddingCache(s.data_dir / "cache" / "embeddings.sqlite",
-                                   f"{m.embed_model}|{m.embed_backend}", m.dim)
+            cache = EmbeddingCache(
+                s.data_dir / "cache" / "embeddings.sqlite",
+                f"{m.embed_model}|{m.embed_backend}",
+                m.dim,
+            )
             try:
                 try:
-                    report = ingestor().run(paths, include=include, exclude=exclude, cleanup=cleanup,
-                                            progress=progress)
+                    report = ingestor().run(
+                        paths, include=include, exclude=exclude, cleanup=cleanup, progress=progress
+                    )
                 except StoreCorruptedError as e:
                     extra = self._rebuild(e)
-                    report = ingestor().run([*paths, *extra], include=include, exclude=exclude,
-                                            cleanup=cleanup, progress=progress)
+                    report = ingestor().run(
+                        [*paths, *extra],
+                        include=include,
+                        exclude=exclude,
+                        cleanup=cleanup,
+                        progress=progress,
+                    )
             finally:
                 cache.close()
             if report.chunks or report.deleted:

@@ -44,6 +44,11 @@ _ENV: dict[str, str] = {
     "llm_model": "RAG_LLM_MODEL",
     "local_model": "RAG_LOCAL_MODEL",
     "max_file_mb": "RAG_MAX_FILE_MB",
+    "fusion": "RAG_FUSION",
+    "rrf_k": "RAG_RRF_K",
+    "fusion_weight": "RAG_FUSION_WEIGHT",
+    "mmr_lambda": "RAG_MMR_LAMBDA",
+    "rerank_model": "RAG_RERANK_MODEL",
     "llm_threads": "RAG_LLM_THREADS",
 }
 
@@ -72,6 +77,15 @@ class Settings:
     chunk_overlap: int | None = None
     k: int = 5
     mode: str = "dense"
+    #: Hybrid fusion: "rrf" (reciprocal rank fusion, ``1 / (rrf_k + rank)``) or "weighted"
+    #: (min-max normalised scores, ``fusion_weight * dense + (1 - fusion_weight) * bm25``).
+    fusion: str = "rrf"
+    rrf_k: int = 60
+    fusion_weight: float = 0.5
+    #: MMR's trade-off: 1 is pure relevance, 0 pure diversity.
+    mmr_lambda: float = 0.5
+    #: A cross-encoder model (path or name) to re-rank the retrieved passages with.
+    rerank_model: str | None = None
     generator: str = "auto"
     #: Model name for an OpenAI-compatible endpoint.
     llm_model: str | None = None
@@ -110,6 +124,13 @@ class Settings:
             raise ConfigError(
                 f"unknown retrieval mode {self.mode!r}; choose from {', '.join(RETRIEVAL_MODES)}"
             )
+        if self.fusion not in ("rrf", "weighted"):
+            raise ConfigError(f"unknown fusion {self.fusion!r}; choose rrf or weighted")
+        if self.rrf_k < 1:
+            raise ConfigError(f"rrf_k must be at least 1, got {self.rrf_k}")
+        for name in ("fusion_weight", "mmr_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.max_file_mb <= 0:
             raise ConfigError("the file size limit must be positive")
 

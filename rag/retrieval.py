@@ -42,6 +42,8 @@ class Retriever:
         rrf_k: int = RRF_K,
         weight: float = 0.5,
         candidates: int = 100,
+        mmr_lambda: float = 0.5,
+        reranker: Any = None,
     ) -> None:
         if fusion not in FUSIONS:
             raise ConfigError(f"unknown fusion {fusion!r}; choose from {', '.join(FUSIONS)}")
@@ -56,6 +58,8 @@ class Retriever:
         self.rrf_k = rrf_k
         self.weight = weight
         self.candidates = candidates
+        self.mmr_lambda = mmr_lambda
+        self.reranker = reranker
         self._bm25: Any = None
         self._bm25_stamp: str | None = None
 
@@ -94,17 +98,18 @@ class Retriever:
         where: Filter | None = None,
         mode: str = "dense",
         mmr: bool = False,
-        mmr_lambda: float = 0.5,
+        mmr_lambda: float | None = None,
         fetch_k: int | None = None,
         vector: np.ndarray | None = None,
     ) -> list[Hit]:
         """The ``k`` best chunks for ``query``. ``vector`` is the query's embedding when the
-        caller already has it (batched evaluation)."""
+        caller already has it (batched evaluation). With a re-ranker, a larger candidate
+        pool is scored by it first; MMR then diversifies the re-ranked list."""
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
         if mode not in ("dense", "bm25", "hybrid"):
             raise ConfigError(f"unknown retrieval mode {mode!r}; choose dense, bm25 or hybrid")
-        pool = max(fetch_k or 4 * k, 20) if mmr else k
+        pool = max(fetch_k or 4 * k, 20) if (mmr or self.reranker is not None) else k
         qvec = vector
         if mode != "bm25" and qvec is None:
             qvec = self.embedder.embed_query(query)
@@ -119,11 +124,14 @@ class Retriever:
             hits = fuse(
                 dense, sparse, k=pool, method=self.fusion, rrf_k=self.rrf_k, weight=self.weight
             )
+        if self.reranker is not None:
+            hits = self.reranker.rerank(query, hits, k=max(k, min(len(hits), 2 * k)) if mmr else k)
         if mmr and len(hits) > 1:
             if qvec is None:
                 qvec = self.embedder.embed_query(query)
             texts = [h.chunk.text for h in hits]
-            hits = mmr_rerank(qvec, hits, self._embed_texts(texts), k=k, lam=mmr_lambda)
+            lam = self.mmr_lambda if mmr_lambda is None else mmr_lambda
+            hits = mmr_rerank(qvec, hits, self._embed_texts(texts), k=k, lam=lam)
         return hits[:k]
 
     def search_batch(
