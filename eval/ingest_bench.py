@@ -57,12 +57,7 @@ def write_corpus(dataset: Path, folder: Path, docs: int) -> list[Path]:
 
 def final_chunks(paths: list[Path], backend: str, model: str) -> list[str]:
     emb = load_embedder(model, backend)
-    chunker = Chunker(
-        ChunkerSettings(DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_OVERLAP),
-        count_tokens=emb.count_tokens,
-        max_tokens=emb.max_tokens,
-        tokenizer_id=emb.id,
-    )
+    chunker = Chunker.for_embedder(ChunkerSettings(DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_OVERLAP), emb)
     texts: list[str] = []
     for p in paths:
         texts.extend(

@@ -18,6 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rag.errors import ConfigError
 from rag.types import Chunk, Document, Metadata
@@ -27,6 +28,8 @@ CHUNKER_VERSION = 1
 # Regular expressions, tried in order; each split keeps the text intact (a zero-width or
 # whitespace separator goes to the start of the next piece and is stripped at chunk edges).
 _TEXT_SEPARATORS = [r"\n[ \t]*\n", r"\n", r"(?<=[.!?])\s+", r"(?<=[;:,])\s+", r"\s+", ""]
+#: Chunks whose estimated size is within this many tokens of the limit are counted exactly.
+_EXACT_MARGIN = 16
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
 _FENCE = re.compile(r"^(```|~~~)")
 
@@ -61,6 +64,7 @@ class Chunker:
         count_tokens: Callable[[Sequence[str]], list[int]],
         max_tokens: int,
         tokenizer_id: str,
+        token_starts: Callable[[str], Sequence[int]] | None = None,
     ) -> None:
         from langchain_text_splitters import RecursiveCharacterTextSplitter
 
@@ -71,10 +75,14 @@ class Chunker:
         self.overlap = min(settings.chunk_overlap, self.size // 2)
         self.max_tokens = max_tokens
         self._count = count_tokens
+        self._token_starts = token_starts
+        self._doc: str | None = None  # the text being split, with its token start offsets
+        self._starts: Sequence[int] = ()
+        self._cursor = 0
         self.fingerprint = f"v{CHUNKER_VERSION}/{self.size}/{self.overlap}/{tokenizer_id}"
 
         def length(text: str) -> int:
-            return count_tokens([text])[0]
+            return self._span_tokens(text)
 
         def splitter(
             separators: list[str], size: int, overlap: int
@@ -92,8 +100,58 @@ class Chunker:
         self._make = splitter
         self._text = splitter(_TEXT_SEPARATORS, self.size, self.overlap)
 
+    @classmethod
+    def for_embedder(cls, settings: ChunkerSettings, embedder: Any) -> Chunker:
+        """A chunker sized in ``embedder``'s tokens, with its fast offset counter if any."""
+        return cls(
+            settings,
+            count_tokens=embedder.count_tokens,
+            max_tokens=embedder.max_tokens,
+            tokenizer_id=embedder.id,
+            token_starts=getattr(embedder.count_tokens, "token_starts", None),
+        )
+
+    def _span_tokens(self, piece: str) -> int:
+        """Tokens in ``piece``. The splitter asks this of every piece it considers (dozens
+        per document); tokenising each would dominate chunking, so the whole text is
+        tokenised once and a piece's count is read from the token offsets of the place it
+        occupies. A piece that a cut made mid-word may count one token off; the exact check
+        on the final chunks (:meth:`_enforce_limit`) keeps the limit."""
+        doc = self._doc
+        if doc is None:
+            return self._count([piece])[0]
+        at = doc.find(piece, self._cursor)
+        if at < 0:
+            at = doc.find(piece)
+            if at < 0:
+                return self._count([piece])[0]
+        self._cursor = at
+        starts = self._starts
+        return bisect.bisect_left(starts, at + len(piece)) - bisect.bisect_left(starts, at)
+
+    def _final_counts(self, texts: list[str]) -> list[int]:
+        """Token counts of finished chunks: exact wherever the limit is at stake. The offset
+        estimate is exact for a chunk that starts and ends between words and at most a token
+        or two off otherwise, so only chunks within a margin of the limit are re-tokenised."""
+        if self._doc is None:
+            return self._count(texts)
+        counts = [self._span_tokens(t) for t in texts]
+        near = [i for i, n in enumerate(counts) if n > self.max_tokens - _EXACT_MARGIN]
+        for i, n in zip(near, self._count([texts[i] for i in near]), strict=True):
+            counts[i] = n
+        return counts
+
     def split_text(self, text: str, *, markdown: bool = False) -> list[tuple[str, int]]:
         """``(chunk_text, start_offset)`` pairs, each within the token limit."""
+        if self._token_starts is None:
+            return self._split(text, markdown)
+        self._doc, self._starts, self._cursor = text, self._token_starts(text), 0
+        try:
+            return self._split(text, markdown)
+        finally:
+            self._doc, self._starts = None, ()
+
+    def _split(self, text: str, markdown: bool) -> list[tuple[str, int]]:
         if not markdown:
             return self._enforce_limit(_with_offsets(text, self._text.split_text(text)))
         # Markdown: cut at headings (outside code fences) first, pack small neighbouring
@@ -141,7 +199,7 @@ class Chunker:
         return out
 
     def _enforce_limit(self, pieces: list[tuple[str, int]]) -> list[tuple[str, int]]:
-        counts = self._count([t for t, _ in pieces])
+        counts = self._final_counts([t for t, _ in pieces])
         if all(c <= self.max_tokens for c in counts):
             return pieces
         out: list[tuple[str, int]] = []

@@ -247,12 +247,7 @@ class Collection:
             if m is None or rechunk:
                 # A new collection records its embedder, which must be loaded to know it.
                 emb = self.embedder
-                chunker = Chunker(
-                    chunk_settings,
-                    count_tokens=emb.count_tokens,
-                    max_tokens=emb.max_tokens,
-                    tokenizer_id=emb.id,
-                )
+                chunker = Chunker.for_embedder(chunk_settings, emb)
                 if m is None:
                     m = Manifest(
                         self.name,
@@ -270,13 +265,7 @@ class Collection:
                 self.manifest = m
 
             def make_chunker() -> Chunker:
-                emb = self.embedder
-                return Chunker(
-                    chunk_settings,
-                    count_tokens=emb.count_tokens,
-                    max_tokens=emb.max_tokens,
-                    tokenizer_id=emb.id,
-                )
+                return Chunker.for_embedder(chunk_settings, self.embedder)
 
             def ingestor() -> Ingestor:
                 return Ingestor(

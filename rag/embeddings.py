@@ -92,6 +92,11 @@ class TokenCounter:
         encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
         return [len(e.ids) for e in encs]
 
+    def token_starts(self, text: str) -> list[int]:
+        """The character offset where each token of ``text`` starts (one pass over the
+        whole text, so that a chunker can count the tokens of any span by bisection)."""
+        return [start for start, _ in self._tok.encode(text, add_special_tokens=False).offsets]
+
 
 def _quiet_transformers() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

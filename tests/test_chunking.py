@@ -31,10 +31,16 @@ def _nasty_text(seed: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size", [200, 254, 400])
-def test_no_chunk_exceeds_the_model_limit(size: int) -> None:
+@pytest.mark.parametrize(("size", "fast"), [(200, True), (254, True), (400, True), (200, False)])
+def test_no_chunk_exceeds_the_model_limit(size: int, fast: bool) -> None:
     emb = load_embedder()
-    chunker = _chunker(emb, size=size, overlap=min(32, size // 4))
+    settings = ChunkerSettings(size, min(32, size // 4))
+    chunker = (
+        Chunker.for_embedder(settings, emb)
+        if fast
+        else _chunker(emb, size=size, overlap=min(32, size // 4))
+    )
+    assert (chunker._token_starts is not None) is fast
     docs = [
         Document("/t/nasty.txt", _nasty_text(1)),
         Document(
@@ -52,6 +58,22 @@ def test_no_chunk_exceeds_the_model_limit(size: int) -> None:
     ]
     assert max(lengths) <= emb._model.max_seq_length == 256
     assert chunker.size == min(size, 254)
+
+
+@pytest.mark.slow
+def test_offset_counting_gives_the_same_chunks() -> None:
+    """Counting pieces from one tokenisation of the document (the fast path) cuts exactly
+    where tokenising every piece would."""
+    emb = load_embedder()
+    settings = ChunkerSettings(200, 32)
+    fast, slow = Chunker.for_embedder(settings, emb), _chunker(emb)
+    docs = [
+        Document("/t/a.txt", _nasty_text(3)),
+        Document("/t/b.md", "# T\n\n" + _nasty_text(4), format="markdown"),
+        Document("/t/c.txt", "Sentence one. " * 400 + "\n\n" + "ü-ö " * 300),
+    ]
+    for doc in docs:
+        assert [c.text for c in fast.chunk([doc])] == [c.text for c in slow.chunk([doc])]
 
 
 def test_ids_are_stable_and_depend_on_source_and_settings() -> None:
