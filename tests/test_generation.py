@@ -533,3 +533,13 @@ def test_load_generator_local_without_endpoint(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     gen = load_generator(Settings())
     assert gen.name == "local" and gen.model.endswith(".gguf")
+
+
+def test_stop_repeats_cuts_a_loop_and_keeps_normal_text() -> None:
+    from rag.generation.local import stop_repeats
+
+    loop = ["Intro.\n", *(["- `rag fetch` with a command that switches stores.\n"] * 10)]
+    out = "".join(stop_repeats(iter(loop)))
+    assert out.count("rag fetch") == 2
+    normal = ["FAISS is the default store. ", "It is exact. ", "FAISS is the default store again? No."]
+    assert "".join(stop_repeats(iter(normal))) == "".join(normal)

@@ -208,7 +208,7 @@ class LocalGenerator:
                     f"the prompt ({e2.n_prompt} tokens) does not fit the local model's context "
                     f"of {e2.n_ctx} tokens; ask with fewer passages (a smaller k) or a larger n_ctx"
                 ) from e2
-        yield from first
+        yield from stop_repeats(first)
 
     def chat(
         self,
@@ -247,8 +247,10 @@ class LocalGenerator:
             "temperature": self.temperature if temperature is None else temperature,
             "stream": True,
             "cache_prompt": True,
-            # Small models fall into loops ("- `rag fetch` with ..." a dozen times) without it.
-            "repeat_penalty": 1.1,
+            # No repetition penalty: it also penalises copying from the passages, which is
+            # what a grounded answer does (with 1.1, SmolLM2 answered ".png" for ".rag").
+            # Loops are cut by stop_repeats() instead.
+            "repeat_penalty": 1.0,
         }
 
     def _chat_started(
@@ -305,6 +307,37 @@ class LocalGenerator:
             # Not joined: the worker ends at the next token (or after reading the prompt,
             # which can take seconds); the model server queues the next request meanwhile.
             cancel.set()
+
+
+#: A line or sentence this long (characters) that the answer already contains twice ends it.
+_LOOP_MIN_CHARS = 24
+
+
+def stop_repeats(pieces: Iterator[str]) -> Iterator[str]:
+    """Pass ``pieces`` through until the text starts going round in circles: when a line or
+    sentence of at least ``_LOOP_MIN_CHARS`` characters is about to appear a third time, the
+    stream stops (and closing the source iterator stops the model). Small models fall into
+    such loops ("- `rag fetch` with ..." a dozen times) far more often than large ones."""
+    text = ""
+    checked = 0
+    try:
+        for piece in pieces:
+            text += piece
+            # Look at each line or sentence once it is complete.
+            while True:
+                ends = [i for i in (text.find("\n", checked), text.find(". ", checked)) if i >= 0]
+                if not ends:
+                    break
+                end = min(ends) + 1
+                unit = text[checked:end].strip()
+                checked = end
+                if len(unit) >= _LOOP_MIN_CHARS and text.count(unit) >= 3:
+                    return
+            yield piece
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
 
 
 def _chain(head: list[str], rest: Iterator[str]) -> Iterator[str]:
