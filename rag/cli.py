@@ -574,7 +574,12 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `rag bench` hands its arguments to eval.bench's own parser; everything else is strict.
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = [*extra, *args.bench_args]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = getattr(args, "debug", False)
     if not debug:
         warnings.filterwarnings("ignore")

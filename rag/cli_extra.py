@@ -22,10 +22,32 @@ RESULTS_DIR = Path("eval") / "results"
 def add_extra_commands(sub: Any, common: Common) -> None:
     """Register the extra subcommands on ``sub`` (the main parser's subparsers)."""
     _eval_parser(sub, common)
+    _bench_parser(sub)
     from apps.cli import add_ui_command, cmd_ui
 
     add_ui_command(sub, common)
     EXTRA_COMMANDS["ui"] = cmd_ui
+
+
+# --- rag bench -------------------------------------------------------------------------------
+
+
+def _bench_parser(sub: Any) -> None:
+    # Every argument goes to eval.bench, which has its own parser and --help.
+    p = sub.add_parser(
+        "bench",
+        help="benchmark the vector stores: recall, latency, build time, memory vs N "
+        "(rag bench --help)",
+        add_help=False,
+    )
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    EXTRA_COMMANDS["bench"] = _cmd_bench
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from eval.bench import main as bench_main
+
+    return bench_main(args.bench_args)
 
 
 # --- rag eval -------------------------------------------------------------------------------
