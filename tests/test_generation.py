@@ -541,5 +541,9 @@ def test_stop_repeats_cuts_a_loop_and_keeps_normal_text() -> None:
     loop = ["Intro.\n", *(["- `rag fetch` with a command that switches stores.\n"] * 10)]
     out = "".join(stop_repeats(iter(loop)))
     assert out.count("rag fetch") == 2
-    normal = ["FAISS is the default store. ", "It is exact. ", "FAISS is the default store again? No."]
+    normal = [
+        "FAISS is the default store. ",
+        "It is exact. ",
+        "FAISS is the default store again? No.",
+    ]
     assert "".join(stop_repeats(iter(normal))) == "".join(normal)

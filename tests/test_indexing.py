@@ -37,7 +37,11 @@ def snapshot(settings: Settings) -> dict:
         chunks = {}
         for batch, vecs in col.store.scan(batch_size=97):
             for c, v in zip(batch, vecs, strict=True):
-                chunks[c.id] = (c.text, dict(c.metadata), np.round(v, 4).astype(np.float32).tobytes())
+                chunks[c.id] = (
+                    c.text,
+                    dict(c.metadata),
+                    np.round(v, 4).astype(np.float32).tobytes(),
+                )
         records = {r.source: sorted(r.chunk_ids) for r in col.records.all()}
         assert all(r.committed for r in col.records.all())
         assert col.store.count() == len(chunks)
