@@ -66,7 +66,7 @@ QUICK = {
     "filtered_queries": 20,
     "clients": "1,2",
     "search_seconds": 3.0,
-    "throughput_seconds": 0.5,
+    "throughput_seconds": 1.0,
     "budget_seconds": 60.0,
     "batch": 5000,
 }

@@ -524,7 +524,7 @@ METHODOLOGY = """\
   opened with a `StoreConfig` (options listed per configuration below); the benchmark has no
   client code of its own.
 * **Data.** Synthetic vectors: a clustered mixture on the unit sphere (one cluster per
-  ~1,000 vectors, each spread in a random 24-dimensional subspace plus isotropic noise,
+  ~1,000 vectors, each spread in a random 16-dimensional subspace plus isotropic noise,
   normalised; seed 42), queries drawn from the same mixture but not in the base set. Real
   vectors: SciFact abstracts cut into titles, sentences and two-sentence windows (89,548
   passages), embedded with all-MiniLM-L6-v2 through `rag.embeddings`, queries are the 1,109

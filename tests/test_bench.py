@@ -457,6 +457,7 @@ def test_quick_run_writes_results_plots_and_report(tmp_path: Path) -> None:
     flat = [r for r in ok if r["config"] == "faiss-flat"]
     assert len(flat) == 2 and all(r["recall"] == 1.0 for r in flat)
     assert all(r["filtered"]["1%"]["recall"] == 1.0 for r in flat)
+    assert all(r["throughput"]["2"]["qps"] > 0 for r in flat)  # concurrent clients measured
     for r in ok:
         assert 0.5 <= r["recall"] <= 1.0 and r["p50_ms"] > 0 and r["peak_rss_max_mb"] > 0
     for name in (
