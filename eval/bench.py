@@ -150,6 +150,8 @@ def job_key(dataset_key: str, spec: StoreSpec, options: dict[str, Any], quick: b
 def _stop_servers(store_dir: Path) -> None:
     """Stop an embedded PostgreSQL left running by a killed worker (found by its data
     directory under ``store_dir``): SIGINT (fast shutdown), then SIGQUIT after 30 s."""
+    import psutil
+
     from eval.bench_worker import server_processes
 
     procs = server_processes(store_dir)
@@ -161,7 +163,10 @@ def _stop_servers(store_dir: Path) -> None:
             os.kill(postmaster.pid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not postmaster.is_running() or postmaster.status() == "zombie":
+            try:
+                if not postmaster.is_running() or postmaster.status() == "zombie":
+                    return
+            except psutil.NoSuchProcess:
                 return
             time.sleep(0.2)
 
@@ -211,7 +216,8 @@ class Runner:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.out = Path(args.out)
+        self.out = Path(args.out).resolve()  # workers run in the repository root
+        args.cache_dir = str(Path(args.cache_dir).resolve())
         self.results = self.out / RESULTS
         self.work = self.out / "work"
         self.progress_enabled = not args.no_progress
@@ -310,7 +316,7 @@ class Runner:
                     "log_tail": tail,
                 }
             else:
-                if not record.get("sweep"):
+                if record.get("status") == "ok" and not record.get("sweep"):
                     # The budget ran out before one search was measured: nothing to report.
                     notes = "; ".join(record.get("notes", []))
                     record = {

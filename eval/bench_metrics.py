@@ -11,8 +11,8 @@ measured query.
 
 A cliff is a step between two neighbouring sizes where a metric grows at least ``factor``
 times faster than its expected scaling (``(n2/n1) ** exponent``: exponent 1 for build time,
-memory and exact-scan latency, 0 for HNSW and IVF query latency, whose expected growth is
-logarithmic or flat). :func:`find_cliffs` only detects; ``bench_report`` attaches the
+memory and exact-scan latency, 0.5 for IVF query latency (its lists grow with sqrt(N)), 0
+for HNSW, whose expected growth is logarithmic). :func:`find_cliffs` only detects; ``bench_report`` attaches the
 explanation from what is known about each engine.
 """
 
@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from eval import metrics
 
 PERCENTILES = (50, 95, 99)
 
@@ -94,10 +96,7 @@ def mean_recall(
 
 def percentiles(values: Iterable[float], ps: Sequence[float] = PERCENTILES) -> dict[str, float]:
     """``{"p50": ..., "p95": ..., "p99": ...}`` (NaN when there are no values)."""
-    arr = np.asarray(list(values), dtype=np.float64)
-    if arr.size == 0:
-        return {f"p{p:g}": float("nan") for p in ps}
-    return {f"p{p:g}": float(v) for p, v in zip(ps, np.percentile(arr, ps), strict=True)}
+    return metrics.percentiles(list(values), ps)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ search-parameter sweep), index build time against N (log-log, cliffs circled), p
 against N, and peak memory against N (the process, plus the PostgreSQL server for pgvector).
 
 Cliffs (``eval/bench_metrics.find_cliffs``) are looked for in three series per
-configuration: time to a searchable index (load + build + close; expected linear), p99
+configuration: time to a searchable index (load + build + close; expected linear), median
 latency at the default search parameter (expected linear for exact scans, ``N ** 0.5``
 for IVF whose lists grow with ``sqrt(N)``, flat for HNSW), and peak memory (linear). A step
 that grows at least twice the expected ratio is reported with an explanation computed from
@@ -360,6 +360,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def summary_table(records: list[dict[str, Any]]) -> str:
+    # One QPS column per client count seen anywhere; a row without one shows "-".
+    clients = sorted({c for r in records for c in (r.get("throughput") or {})}, key=int)
     rows = []
     for r in sorted(records, key=lambda r: (r["n"], r["config"])):
         if r.get("status") != "ok":
@@ -382,16 +384,12 @@ def summary_table(records: list[dict[str, Any]]) -> str:
                 _num(r.get("p50_ms"), "{:.2f}"),
                 _num(r.get("p95_ms"), "{:.2f}"),
                 _num(r.get("p99_ms"), "{:.2f}"),
-                " / ".join(
-                    _num((tp.get(c) or {}).get("qps"), "{:,.0f}") for c in sorted(tp, key=int)
-                )
-                or "-",
+                " / ".join(_num((tp.get(c) or {}).get("qps"), "{:,.0f}") for c in clients) or "-",
                 " / ".join(_num((flt.get(f) or {}).get("recall"), "{:.3f}") for f in ("1%", "10%")),
                 " / ".join(_num((flt.get(f) or {}).get("p50_ms"), "{:.2f}") for f in ("1%", "10%")),
                 _num(r.get("load_avg_mean"), "{:.1f}"),
             ]
         )
-    clients = sorted({c for r in records for c in (r.get("throughput") or {})}, key=int)
     header = [
         "N",
         "config",
@@ -534,16 +532,17 @@ METHODOLOGY = """\
 * **One process per job.** Each (configuration, N) runs in its own worker process, killed by
   the parent past its budget or memory limit, so peak RSS is per configuration. Base
   vectors are read with `pread` (not memory-mapped) so that they never count in RSS.
-* **Load** is `upsert` in batches of 10,000 (ids are UUIDs, text empty, metadata `{"bucket":
+* **Load** is `upsert` in batches of `--batch` rows (10,000 by default; ids are UUIDs, text empty, metadata `{"bucket":
   i % 100}`). **Build** is the adapter's public build step (`optimize()` for Qdrant's
   in-process engine, which also builds every 20k points during the load) plus `close()`;
   FAISS and Chroma build while inserting, so their build time is inside "load". "index s"
   is load + build + close: the time from the first upsert to a searchable, persisted index.
 * **Search**: for each value of the search parameter the store is reopened with it, 20
-  warm-up queries are run, then up to 1,000 queries one at a time (`k=10`), timed
-  individually (p50/p95/p99). Recall@10 counts ties at the 10th distance as hits
+  warm-up queries are run, then up to `--queries` queries (1,000 by default) one at a
+  time (`k=10`), each timed (p50/p95/p99). Recall@10 counts ties at the 10th distance as hits
   (ann-benchmarks' rule). Filtered search and throughput use the default parameter.
-* **Throughput**: 1, 2 and 4 client threads for a fixed time. Threads share one store
+* **Throughput**: `--clients` concurrent client threads (1, 2 and 4 by default), each count
+  for `--throughput-seconds`. Threads share one store
   object for the in-process engines (as an application server would): the FAISS and Qdrant
   adapters serialise calls under a lock and Python holds the GIL outside the engines, so
   these figures show what the adapter delivers, not the engine's parallel ceiling.
@@ -551,8 +550,9 @@ METHODOLOGY = """\
 * **Memory**: the kernel's peak RSS of the worker (`VmHWM`, reset per phase), plus, for
   pgvector's embedded server, the peak sum of the proportional set size (PSS) of the
   postmaster and its children, sampled every second.
-* **Disk**: the size of the store's folder after `close()` (for pgvector, the whole
-  cluster: tables, indexes and WAL).
+* **Disk**: the size of the store's folder after `close()`; for pgvector, the database's
+  tables and indexes (`base/`), with the whole cluster (WAL and catalogs included) as
+  `disk_total_mb` in the JSONL.
 * **Noise**: the machine is shared. "load avg" is the mean 1-minute load average during the
   job: above the core count, other work competed for the CPU and the timings are slower
   than on an idle machine. Workers run with `OMP_WAIT_POLICY=PASSIVE`: with OpenMP's

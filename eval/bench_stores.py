@@ -52,15 +52,18 @@ def faiss_nlist(n: int) -> int:
 
 
 def pg_lists(n: int) -> int:
-    return max(1, round(n / 1000) if n <= 1_000_000 else round(math.sqrt(n)))
+    from vectorstores._pg_sql import ivfflat_lists  # psycopg only where pgvector runs
+
+    return ivfflat_lists(n)
 
 
 def pg_hnsw_graph_bytes(n: int, dim: int, *, m: int = 16, halfvec: bool = False) -> float:
     """The memory pgvector's HNSW build needs to hold the whole graph in
-    ``maintenance_work_mem``: the pgvector adapter's own estimate (``8 + dim * 4 + 32 m +
-    200`` bytes per vector, calibrated on pgvector 0.8.6; 2 bytes per dimension for
-    halfvec). 64 MB holds about 29,700 384-d vectors at m 16."""
-    return float(n * (8 + dim * (2 if halfvec else 4) + 32 * m + 200))
+    ``maintenance_work_mem``, as the pgvector adapter estimates it (64 MB holds about
+    29,700 384-d vectors at m 16)."""
+    from vectorstores._pg_sql import hnsw_graph_bytes
+
+    return float(hnsw_graph_bytes(n, dim, m, half=halfvec))
 
 
 def _const(options: dict[str, Any]) -> Callable[[int, int], dict[str, Any]]:

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from eval.bench_data import FILTERS, Dataset, npy_layout
+from eval.bench_data import FILTERS, Dataset, bucket, npy_layout
 from eval.bench_metrics import mean_recall, percentiles
 from eval.bench_stores import SPECS
 from rag.filters import parse
@@ -186,6 +186,7 @@ class Monitor(threading.Thread):
         self._halt.set()
         self.join(timeout=5)
         self.write(force=True)
+        self.progress.close()
 
 
 def read_rows(ds: Dataset, rows: np.ndarray) -> np.ndarray:
@@ -200,14 +201,21 @@ def read_rows(ds: Dataset, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def score_found(ds: Dataset, queries: np.ndarray, found: list[list[int]]) -> list[list[float]]:
-    """Exact inner products of each query with the rows it got back."""
+def score_found(
+    ds: Dataset, queries: np.ndarray, found: list[list[int]], keep: Any = None
+) -> list[list[float]]:
+    """Exact inner products of each query with the rows it got back. With ``keep`` (a
+    filter's row predicate), a row outside the filter scores ``-inf``: a store that ignored
+    the filter gets no credit for it, however close the row is."""
     flat = np.array(sorted({r for f in found for r in f if r >= 0}), dtype=np.int64)
     if flat.size == 0:
         return [[] for _ in found]
     vecs = read_rows(ds, flat)
+    scores = vecs @ queries[: len(found)].T  # (rows, queries)
+    if keep is not None:
+        scores[~keep(flat)] = -np.inf
     pos = {int(r): i for i, r in enumerate(flat)}
-    return [[float(vecs[pos[r]] @ queries[i]) for r in f] for i, f in enumerate(found)]
+    return [[float(scores[pos[r], i]) for r in f] for i, f in enumerate(found)]
 
 
 class Job:
@@ -264,7 +272,7 @@ class Job:
         batch = int(job["batch"])
         for start, vecs in self.ds.iter_base(batch):
             chunks = [
-                Chunk(row_id(row), "", {"bucket": row % 100})
+                Chunk(row_id(row), "", {"bucket": bucket(row)})
                 for row in range(start, start + len(vecs))
             ]
             t0 = time.perf_counter()
@@ -347,7 +355,9 @@ class Job:
                 r["open_s"] = round(time.perf_counter() - t0, 3)
                 first_open = False
             try:
-                for q in queries[:WARMUP]:
+                for q in queries[
+                    -WARMUP:
+                ]:  # from the end: outside the measured ones unless all are
                     store.search(q, k=K)
                 lat, found = self._serial(store, queries[:nq], cap, done)
             finally:
@@ -385,14 +395,14 @@ class Job:
             r["filtered"] = {}
             nqf = min(int(job["filtered_queries"]), len(queries))
             after = 10.0 + len(clients) * tp_cap  # what throughput needs afterwards
-            for i, (name, (spec, _)) in enumerate(FILTERS.items()):
+            for i, (name, (spec, keep)) in enumerate(FILTERS.items()):
                 cap = min(search_cap, (self.left() - after) / (len(FILTERS) - i))
                 if cap < 1.0:
                     r["notes"].append(f"filtered {name} skipped: budget")
                     continue
                 lat, found = self._serial(store, queries[:nqf], cap, 0, where=parse(spec))
                 f_ids, f_scores = self.ds.truth(name)
-                scores = score_found(self.ds, queries, found)
+                scores = score_found(self.ds, queries, found, keep)
                 r["filtered"][name] = {
                     "queries": len(found),
                     "recall": round(
