@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 DEMO_DIR := .rag-demo
-DEMO_QUESTION ?= Which vector store is the default?
+DEMO_QUESTION ?= What is the default vector store?
 
 .PHONY: setup demo test lint clean
 

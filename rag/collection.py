@@ -34,9 +34,10 @@ from typing import Any
 from rag.config import (
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
-    DEFAULT_EMBED_BACKEND,
     DEFAULT_EMBED_MODEL,
     Settings,
+    default_embed_backend,
+    models_dir,
 )
 from rag.errors import (
     CollectionNotFoundError,
@@ -146,7 +147,7 @@ class Collection:
     def embed_backend(self) -> str:
         if self.manifest is not None:
             return self.manifest.embed_backend
-        return self.settings.embed_backend or DEFAULT_EMBED_BACKEND
+        return self.settings.embed_backend or default_embed_backend(self.settings.embed_model)
 
     def _check_embedder(self, m: Manifest) -> None:
         from rag.embeddings import resolve_model
@@ -179,7 +180,7 @@ class Collection:
                 self.embed_model,
                 self.embed_backend,
                 batch_size=self.settings.embed_batch_size,
-                cache_dir=self.settings.data_dir / "models",
+                cache_dir=models_dir(self.settings),
             )
             if self.manifest is not None and self._embedder.dim != self.manifest.dim:
                 raise EmbedderMismatchError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,12 @@ for var in (
     "RAG_PG_DSN",
 ):
     os.environ.pop(var, None)
+
+# One folder for the ONNX exports of the whole run (the default backend is INT8 ONNX): each
+# test's data directory would otherwise export the model afresh.
+_MODELS_DIR = Path(tempfile.mkdtemp(prefix="ragkit-models-"))
+_MODELS_DIR.chmod(0o755)
+os.environ["RAG_MODELS_DIR"] = str(_MODELS_DIR)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -71,8 +78,6 @@ def pytest_configure(config: pytest.Config) -> None:
     # creates in it.
     if os.geteuid() != 0:
         return
-    import tempfile
-
     from _pytest.tmpdir import TempPathFactory
 
     if not config.option.basetemp and not hasattr(config, "workerinput"):
@@ -97,6 +102,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        shutil.rmtree(_MODELS_DIR, ignore_errors=True)
     base = getattr(config, "_ragkit_basetemp", None)
     if base is not None:
         shutil.rmtree(base, ignore_errors=True)

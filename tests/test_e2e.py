@@ -56,7 +56,7 @@ def test_local_model_answers_from_the_passages(sample_data_dir: Path) -> None:
         cli(
             sample_data_dir,
             "ask",
-            "Which vector store is the default?",
+            "What is the default vector store?",
             "--json",
             "--generator",
             "local",
@@ -77,7 +77,7 @@ def test_openai_endpoint_answer_and_citations(sample_data_dir: Path) -> None:
             cli(
                 sample_data_dir,
                 "ask",
-                "Which vector store is the default?",
+                "What is the default vector store?",
                 "--json",
                 env={"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-test"},
             ).stdout

@@ -399,3 +399,31 @@ def test_as_root_a_closed_parent_folder_is_reported_not_opened(fresh_root: Path)
     with pytest.raises(StoreError, match=rf"cannot enter {closed} .*chmod o\+x {closed}"):
         EmbeddedPostgres(closed / "stores" / "pgvector").start()
     assert closed.stat().st_mode & 0o777 == 0o700  # left as it was
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="only root hands the server to another account")
+def test_as_root_an_unreachable_install_runs_from_a_staged_copy(
+    fresh_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL installed where the server account cannot go (a virtualenv in a private
+    # checkout, as `mktemp -d` makes): a root-owned copy of it runs instead.
+    real = pgserver._bin_dir().parent
+    private = fresh_root / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    site = private / "site-packages"
+    shutil.copytree(real, site / real.parent.name / real.name, symlinks=True)
+    libs = real.parent.parent / f"{real.parent.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, site / libs.name, symlinks=True)
+    monkeypatch.setattr(pgserver, "_bin_dir", lambda: site / real.parent.name / real.name / "bin")
+    store = fresh_root / "open" / "pgvector"
+    store.parent.mkdir(mode=0o711)
+    store.parent.chmod(0o711)
+    with EmbeddedPostgres(store) as server:
+        exe = Path(f"/proc/{server.postmaster_pid}/exe").resolve()
+        assert not exe.is_relative_to(private)
+        staged = next(p for p in exe.parents if p.name.startswith("ragkit-pginstall-"))
+        assert staged.stat().st_uid == 0 and not staged.stat().st_mode & 0o022
+    assert private.stat().st_mode & 0o777 == 0o700  # left as it was
+    shutil.rmtree(staged)  # a copy of this test's private install: nobody else's

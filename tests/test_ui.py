@@ -27,7 +27,7 @@ from tests.chat_server import ChatServer
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "apps" / "app.py")
-QUESTION = "Which vector store is the default?"
+QUESTION = "What is the default vector store?"
 SUFFIXES = [".md", ".txt", ".pdf"]
 
 
@@ -308,7 +308,9 @@ def test_insight_shows_eval_results_and_bench_reports(
     conversation, evals = frames[0], frames[1]
     assert conversation.iloc[0]["question"] == QUESTION
     assert conversation.iloc[0]["generator"] == "extractive: extractive"
-    assert set(evals["mode"]) == {"dense", "bm25"} and set(evals["ndcg@10"]) == {0.6}
+    # The repository's own results are listed too; this test's are the rows scoring 0.6.
+    mine = evals[evals["ndcg@10"] == 0.6]
+    assert set(mine["mode"]) == {"dense", "bm25"} and len(mine) == 2
     assert "### Vector-store benchmark" in texts(at.markdown)
     assert "Recall" in [c for img in at.image for c in img.captions]
 

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
-QUESTION = "Which vector store is the default?"
+QUESTION = "What is the default vector store?"
 T = TypeVar("T")
 
 

