@@ -58,3 +58,27 @@ def test_hashing_embedder_is_deterministic_and_normalised() -> None:
     b = emb.embed(["the cat sat on a mat", "stock market prices fell"])
     assert float(a[0] @ b[0]) > float(a[0] @ b[1])
     assert load_embedder("hashing-64", "hashing").dim == 64
+
+
+def test_default_backend_is_int8_onnx_for_the_default_model_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    from rag import config
+
+    assert config.default_embed_backend(None) == "onnx-int8"
+    assert config.default_embed_backend("all-MiniLM-L6-v2") == "onnx-int8"
+    assert config.default_embed_backend(config.DEFAULT_EMBED_MODEL) == "onnx-int8"
+    assert config.default_embed_backend("BAAI/bge-small-en-v1.5") == "torch"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "onnxruntime" else real(name, *a),
+    )
+    assert config.default_embed_backend(None) == "torch"  # without the onnx extra
+    monkeypatch.delenv("RAG_MODELS_DIR", raising=False)
+    assert config.models_dir(config.Settings(data_dir=tmp_path)) == tmp_path / "models"
+    monkeypatch.setenv("RAG_MODELS_DIR", str(tmp_path / "shared"))
+    assert config.models_dir(config.Settings(data_dir=tmp_path)) == tmp_path / "shared"
