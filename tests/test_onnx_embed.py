@@ -262,6 +262,8 @@ def test_thread_count_from_the_environment(cache: Path, monkeypatch: pytest.Monk
 def test_load_embedder_dispatches(cache: Path) -> None:
     from rag import embeddings
 
+    # Another test may have loaded the default (INT8) embedder with another cache already.
+    embeddings._CACHE.pop((DEFAULT_EMBED_MODEL, "onnx-int8"), None)
     try:
         emb = load_embedder(DEFAULT_EMBED_MODEL, "onnx-int8", cache_dir=cache)
         assert isinstance(emb, OnnxEmbedder) and emb.backend == "onnx-int8"
