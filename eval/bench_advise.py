@@ -219,8 +219,10 @@ def advise(
         if "excluded" in e:
             lines.append(f"  - {e['config']}: excluded, {e['excluded']}")
         else:
+            param = f"{e['param']}={e['value']}" if e["param"] else "no search parameter"
             lines.append(
-                f"  - {e['config']}: {e['param']}={e['value']}, recall {e['recall_pred']:.3f}, "
+                f"  - {e['config']}: {param}, "
+                f"recall {e['recall_pred']:.3f}, "
                 f"{e['latency_ms']:.2f} ms (latency ~ N^{e['latency_exponent']:.2f}), "
                 f"{e['qps']:,.0f} QPS, {e['memory_mb'] / 1024:,.1f} GB, build {e['build_s'] / 60:,.0f} min "
                 f"(~ N^{e['build_exponent']:.2f}); measured at {', '.join(_fmt_n(x) for x in e['measured'])}"
