@@ -113,14 +113,26 @@ def write_articles(ds: SquadDataset, folder: Path) -> dict[str, Path]:
     return paths
 
 
-def write_paragraphs(ds: SquadDataset, folder: Path) -> list[Path]:
-    """One text file per paragraph (for paragraph-level retrieval metrics)."""
+def write_if_changed(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` unless it already holds exactly that: an unchanged file
+    keeps its mtime, so re-ingesting the folder costs nothing."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except OSError:
+        pass
+    path.write_text(text, encoding="utf-8")
+
+
+def write_paragraphs(ds: SquadDataset, folder: Path) -> list[str]:
+    """One text file per paragraph (rewritten only when its text changed); returns each
+    paragraph's absolute path, in dataset order."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (title, context) in enumerate(ds.paragraphs):
-        p = folder / f"p{i:04d}_{slug(title)}.txt"
-        p.write_text(context + "\n", encoding="utf-8")
-        paths.append(p)
+        path = folder / f"p{i:04d}_{slug(title)[:40]}.txt"
+        write_if_changed(path, context.strip() + "\n")
+        paths.append(str(path.resolve()))
     return paths
 
 

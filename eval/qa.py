@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.datasets import load_squad, slug
+from eval.datasets import load_squad, write_paragraphs
 from eval.metrics import contains_answer, exact_match, f1_score, percentiles
 from eval.retrieval import corpus_folder
 from rag.collection import open_collection
@@ -34,24 +34,6 @@ from rag.generation.extractive import split_sentences
 
 GENERATORS = ("extractive", "local", "openai")
 _CITE = re.compile(r"\[\d+(?:\s*[-–,]\s*\d+)*\]")
-
-
-def write_paragraphs(ds: Any, folder: Path) -> list[str]:
-    """One text file per paragraph (rewritten only when its text changed); returns each
-    paragraph's absolute path, in dataset order."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, (title, context) in enumerate(ds.paragraphs):
-        path = folder / f"p{i:04d}_{slug(title)[:40]}.txt"
-        text = context.strip() + "\n"
-        try:
-            same = path.read_text(encoding="utf-8") == text
-        except OSError:
-            same = False
-        if not same:
-            path.write_text(text, encoding="utf-8")
-        paths.append(str(path.resolve()))
-    return paths
 
 
 def run(

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.datasets import load_beir
+from eval.datasets import load_beir, write_if_changed
 from eval.metrics import DEFAULT_METRICS, evaluate_run, percentiles
 from rag.collection import open_collection
 from rag.config import Settings
@@ -53,14 +53,8 @@ def write_corpus(ds: Any, folder: Path) -> dict[str, str]:
     wanted: set[str] = set()
     for doc_id in ds.corpus:
         path = folder / _filename(doc_id)
-        text = ds.doc_text(doc_id) + "\n"
         wanted.add(path.name)
-        try:
-            same = path.read_text(encoding="utf-8") == text
-        except OSError:
-            same = False
-        if not same:
-            path.write_text(text, encoding="utf-8")
+        write_if_changed(path, ds.doc_text(doc_id) + "\n")
         mapping[str(path.resolve())] = doc_id
     for stale in folder.iterdir():
         if stale.name not in wanted:
