@@ -24,8 +24,11 @@ upsert). A rebuild from SQLite (on open with a stale snapshot, or after many del
 trains again on the data held then. When ``nprobe`` lists yield fewer than ``k`` hits the
 search is repeated over every list, so the result size holds.
 
-Filters are translated to SQL over the JSON metadata and applied before ranking: the
-matching row ids become a FAISS ``IDSelector``, and small selections are ranked exactly.
+Filters are applied before ranking: the matching row ids become a FAISS ``IDSelector``, and
+small selections (at most 2,048 rows or 2% of the collection) are ranked exactly, whatever
+the index. The matching rows come from in-memory columns of the fields filtered on, read
+once per write generation (``vectorstores._columns``); SQL over the JSON metadata answers
+where the columns can't (integers past 2**53).
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rag.errors import CollectionNotFoundError, DimensionMismatchError, StoreError
-from rag.filters import ALL_OPS, And, Comparison, Filter, Not, Or
+from rag.filters import ALL_OPS, And, Comparison, Filter, Not, Or, parse
 from rag.types import Chunk, Hit
+from vectorstores._columns import ColumnCache
 from vectorstores.base import (
     Capabilities,
     StoreConfig,
@@ -125,6 +129,7 @@ class FaissStore:
             )
         self.dim = dim
         self._masked: set[int] = set()
+        self._columns = ColumnCache()  # metadata columns for filters
         self._seen = -1
         self._saved_generation = -1
         self._index = self._load_or_build()
@@ -364,13 +369,12 @@ class FaissStore:
             1, -1
         )
         faiss = self._faiss
+        where = parse(where)
         with self._lock:
             self._sync()
             allowed: np.ndarray | None = None
             if where is not None:
-                sql, params = to_sql(where)
-                rows = self._db.execute(f"SELECT rowid FROM chunks WHERE {sql}", params).fetchall()
-                allowed = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                allowed = self._matching_rows(where)
                 if self._masked:
                     allowed = allowed[~np.isin(allowed, list(self._masked))]
                 if allowed.size == 0:
@@ -382,9 +386,10 @@ class FaissStore:
             hnsw = self._opts["index"] == "hnsw"
             ivf = self._ivf_trained()
             ef = max(int(self._opts["ef_search"]), kk)
-            if (hnsw or ivf) and allowed is not None and allowed.size <= max(2048, live // 50):
-                # HNSW walks badly through a graph where few nodes qualify, and few IVF
-                # lists hold enough of them: rank a small selection exactly instead.
+            if allowed is not None and allowed.size <= max(2048, live // 50):
+                # HNSW walks badly through a graph where few nodes qualify, few IVF lists
+                # hold enough of them, and a flat scan reads every vector to rank a few:
+                # rank a small selection exactly instead.
                 scores, ids = self._exact_subset(q, allowed, kk)
             else:
                 params = None
@@ -415,10 +420,24 @@ class FaissStore:
             chunks = self._by_rowid([r for r, _ in pairs])
         return [Hit(chunks[r].id, s, chunks[r]) for r, s in pairs if r in chunks]
 
+    def _matching_rows(self, where: Filter) -> np.ndarray:
+        """Rowids matching ``where``: from the column cache, or from SQL where it can't say."""
+        db = self._db
+        db.execute("BEGIN")  # the generation and the columns from one snapshot
+        try:
+            allowed = self._columns.rows(db, self._generation(), where)
+            if allowed is None:
+                sql, params = to_sql(where)
+                rows = db.execute(f"SELECT rowid FROM chunks WHERE {sql}", params).fetchall()
+                allowed = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        finally:
+            db.execute("COMMIT")
+        return allowed
+
     def _exact_subset(
         self, q: np.ndarray, allowed: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        vecs = np.vstack([self._index.reconstruct(int(r)) for r in allowed])
+        vecs = self._index.reconstruct_batch(allowed)
         scores = vecs @ q[0]
         top = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
         order = top[np.argsort(-scores[top], kind="stable")]
