@@ -249,6 +249,61 @@ def test_edge_builds_hnsw_past_threshold(tmp_path: Path, monkeypatch: pytest.Mon
         store.close()
 
 
+def test_edge_build_steps_grow_with_the_collection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A build every 1,000 points while the collection is small, then every half of what the
+    # last build covered: a bulk load costs a few builds, not one per 1,000 points.
+    _small_thresholds(monkeypatch)
+    chunks, vecs = dataset(n=7000)
+    store = _open(tmp_path, "edge")
+    builds: list[int] = []
+    engine = store._engine
+    real = engine.optimize
+
+    def counted() -> bool:
+        builds.append(engine.shard.info().points_count)
+        return real()
+
+    monkeypatch.setattr(engine, "optimize", counted)
+    try:
+        for start in range(0, 7000, 100):
+            store.upsert(chunks[start : start + 100], vecs[start : start + 100])
+        assert builds == [1000, 2000, 3000, 4500, 6800]
+        assert _indexed(store) == 6800
+    finally:
+        store.close()
+    assert builds[-1] == 7000  # close() builds the rest
+
+
+def test_edge_filtered_hnsw_keeps_recall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A filter matching 10% of the points, spread evenly over a clustered graph, searched
+    # through HNSW at a small ef: plain filtered traversal loses most of the neighbours
+    # (recall@10 about 0.2 here); ACORN keeps them.
+    _small_thresholds(monkeypatch)
+    monkeypatch.setattr(engines, "AUTO_OPTIMIZE_BYTES", 2**62)
+    n, dim = 10_000, 32
+    rng = np.random.default_rng(3)
+    centroids = rng.normal(size=(50, dim))
+    vecs = (centroids[rng.integers(0, 50, n)] + 0.4 * rng.normal(size=(n, dim))).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    chunks = [Chunk(str(uuid.UUID(int=i + 1)), "", {"g": i % 10}) for i in range(n)]
+    store = _open(tmp_path, "edge", dim=dim, ef_search=10)
+    try:
+        store.upsert(chunks, vecs)
+        store.optimize()
+        assert _indexed(store) == n
+        match = np.flatnonzero(np.arange(n) % 10 == 3)
+        recall = []
+        for q in vecs[-50:]:
+            expected = set(match[np.argsort(-(vecs[match] @ q))[:10]].tolist())
+            got = {int(uuid.UUID(h.id)) - 1 for h in store.search(q, k=10, where={"g": 3})}
+            recall.append(len(got & expected) / 10)
+        assert np.mean(recall) >= 0.9
+    finally:
+        store.close()
+
+
 def test_edge_close_builds_what_is_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _small_thresholds(monkeypatch)
     chunks, vecs = dataset(n=500)

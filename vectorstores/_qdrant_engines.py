@@ -24,8 +24,14 @@ from vectorstores._qdrant_filters import STANDARD_INDEXES, ClientBuilder, EdgeBu
 log = logging.getLogger("vectorstores.qdrant")
 
 #: Vector bytes written since the last HNSW build that trigger the next one (edge): 30 MiB,
-#: 20,480 vectors of 384 dimensions, whose exact scan takes about 2 ms.
+#: 20,480 vectors of 384 dimensions, whose exact scan takes about 2 ms...
 AUTO_OPTIMIZE_BYTES = 30 * 2**20
+#: ...or, once the collection is larger, this fraction of the vectors the last build covered.
+#: Each build merges the new points into one segment (copying every vector and mapping the
+#: new segment's files), so builds at a fixed step make a bulk load quadratic; growing the
+#: step with the collection keeps it close to one build at the end, while searches during
+#: the load scan at most a third of the points exactly.
+AUTO_OPTIMIZE_GROWTH = 0.5
 #: Segments holding more vector data than this get HNSW (Qdrant's default, in KB).
 INDEXING_THRESHOLD_KB = 10_000
 #: Filters expected to match less vector data than this are answered by an exact scan of the
@@ -115,8 +121,13 @@ class EdgeEngine:
         self.builder = EdgeBuilder(qe)
         ef = spec.ef_search or None
         self._params = qe.SearchParams(hnsw_ef=ef, exact=spec.exact)
+        # Filtered HNSW with ACORN: see the store's docstring.
+        self._filtered_params = qe.SearchParams(
+            hnsw_ef=ef, exact=spec.exact, acorn=qe.AcornSearchParams(enable=True)
+        )
         self._exact_params = qe.SearchParams(hnsw_ef=ef, exact=True)
         self._written = 0  # points written since the last optimize()
+        self._built = 0  # points the last optimize() left in the collection
         self._dirty = False
         path = spec.path
         assert path is not None
@@ -130,6 +141,7 @@ class EdgeEngine:
                 hnsw.get("m", _QDRANT_M), hnsw.get("ef_construct", _QDRANT_EF_CONSTRUCT)
             )
             self.shard = qe.EdgeShard.load(str(path))
+            self._built = int(self.shard.info().points_count or 0)
             self.indexed = {
                 k: _schema_name(v.data_type) for k, v in self.shard.info().payload_schema.items()
             }
@@ -176,7 +188,8 @@ class EdgeEngine:
     def after_write(self, n: int) -> None:
         self._dirty = True
         self._written += n
-        if self._written * self.spec.dim * 4 >= AUTO_OPTIMIZE_BYTES:
+        step = max(AUTO_OPTIMIZE_BYTES, AUTO_OPTIMIZE_GROWTH * self._built * self.spec.dim * 4)
+        if self._written * self.spec.dim * 4 >= step:
             self.optimize()
 
     def delete(self, ids: list[str]) -> None:
@@ -192,7 +205,11 @@ class EdgeEngine:
             filter=native,
             with_payload=True,
             with_vector=False,
-            params=self._exact_params if exact else self._params,
+            params=self._exact_params
+            if exact
+            else self._params
+            if native is None
+            else self._filtered_params,
         )
         return [(p.id, p.score, p.payload) for p in self.shard.query(request)]
 
@@ -213,8 +230,9 @@ class EdgeEngine:
         start = time.perf_counter()
         changed = bool(self.shard.optimize())
         self._written = 0
+        info = self.shard.info()
+        self._built = int(info.points_count or 0)
         if changed:
-            info = self.shard.info()
             log.info(
                 "qdrant collection %r: HNSW covers %d of %d points after %.1f s of indexing",
                 self.spec.collection,

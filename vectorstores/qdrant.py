@@ -26,12 +26,16 @@ Index building (edge). The engine has no background optimizer: points land in a 
 segment that is searched exactly (20k 384-d vectors: about 2 ms a query) until
 ``optimize()`` builds HNSW, which blocks the whole process (it keeps the GIL). ragkit calls
 it when the vectors written since the last build pass ``AUTO_OPTIMIZE_BYTES`` (30 MiB:
-20,480 vectors of 384 dimensions), in ``close()`` after any write, and on demand through
-:meth:`QdrantStore.optimize`. Qdrant extends its graph rather than rebuilding it, so
-building every 20k points costs no more than one build at the end (100k clustered 384-d
-vectors, 2 cores: 47 s in all, against 59 s). Segments under Qdrant's indexing threshold
-(10 MB of vectors) stay plain, as on a server. Writes are durable through the engine's
-write-ahead log before ``close()``.
+20,480 vectors of 384 dimensions) or ``AUTO_OPTIMIZE_GROWTH`` (half) of the points the last
+build covered, whichever is more; in ``close()`` after any write; and on demand through
+:meth:`QdrantStore.optimize`. Qdrant extends its graph rather than rebuilding it, but each
+build merges everything into a new segment and the process keeps the old segments' files
+mapped until it closes the shard, so builds at a fixed step cost a copy of the collection
+each time: a bulk load of 400k clustered 384-d vectors took 219 s and peaked at 8.4 GB RSS
+that way, against 170 s and 4.5 GB with the growing step and 167 s and 2.9 GB with one
+build at the end (2 cores, one script run, ``eval/runs`` notes in ``docs/benchmarks.md``).
+Segments under Qdrant's indexing threshold (10 MB of vectors) stay plain, as on a server.
+Writes are durable through the engine's write-ahead log before ``close()``.
 
 Filters are translated in ``_qdrant_filters`` with the reference semantics. Fields used in
 filters get payload indexes (edge and server; local mode has none): ``source``,
@@ -40,9 +44,12 @@ filter first uses it. With an index, Qdrant counts the matches and ranks small s
 exactly; without one, a filtered query on edge scans every point. The indexes are made
 without payload-aware HNSW links (``enable_hnsw=false``): those tripled the HNSW build
 (30k clustered 384-d vectors: 70 s against 26 s) to lift recall@10 of broad filters (30%
-of the points) from 0.93-0.98 to 1.0. Filtered HNSW can also come back short when matching
-points are scattered through the graph; a filtered search that returns fewer than ``k``
-hits counts the matches and, if there are more, searches them exactly.
+of the points) from 0.93-0.98 to 1.0. Filtered HNSW searches on edge use ACORN (the
+traversal also looks at the neighbours of nodes the filter rejects): without it, a filter
+matching 10% of 100k clustered 384-d vectors, spread evenly through the graph, found 0.30
+of the true top 10; with it 0.97, at about the same latency (1 ms). A filtered search that
+still returns fewer than ``k`` hits counts the matches and, if there are more, searches
+them exactly. Searches on a server do not ask for ACORN (servers before 1.16 lack it).
 """
 
 from __future__ import annotations
