@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ from eval import bench_data
 from eval.bench import DEFAULT_CACHE, DEFAULT_SCIFACT
 from eval.datasets import load_beir
 from eval.metrics import percentiles
+from eval.record import write_result
 from rag.config import Settings
 from rag.types import Chunk
 
@@ -139,16 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(work / f"{index}-{backend}", ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out = {
-        "command": "python -m eval.query_latency "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "cpus": os.cpu_count(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"written {args.out}")
+    write_result(args.out, "eval.query_latency", argv, {"results": results})
     return 0
 
 
