@@ -31,9 +31,9 @@ build covered, whichever is more; in ``close()`` after any write; and on demand 
 :meth:`QdrantStore.optimize`. Qdrant extends its graph rather than rebuilding it, but each
 build merges everything into a new segment and the process keeps the old segments' files
 mapped until it closes the shard, so builds at a fixed step cost a copy of the collection
-each time: a bulk load of 400k clustered 384-d vectors took 219 s and peaked at 8.4 GB RSS
-that way, against 170 s and 4.5 GB with the growing step and 167 s and 2.9 GB with one
-build at the end (2 cores, one script run, ``eval/runs`` notes in ``docs/benchmarks.md``).
+each time: a bulk load of 400k clustered 384-d vectors took 188 s and peaked at 7.8 GB RSS
+that way (14 builds), against 176 s and 3.9 GB with the growing step (7 builds) and 160 s
+and 2.3 GB with one build at the end (2 cores, ``python -m eval.qdrant_edge``).
 Segments under Qdrant's indexing threshold (10 MB of vectors) stay plain, as on a server.
 Writes are durable through the engine's write-ahead log before ``close()``.
 
@@ -46,8 +46,9 @@ without payload-aware HNSW links (``enable_hnsw=false``): those tripled the HNSW
 (30k clustered 384-d vectors: 70 s against 26 s) to lift recall@10 of broad filters (30%
 of the points) from 0.93-0.98 to 1.0. Filtered HNSW searches on edge use ACORN (the
 traversal also looks at the neighbours of nodes the filter rejects): without it, a filter
-matching 10% of 100k clustered 384-d vectors, spread evenly through the graph, found 0.30
-of the true top 10; with it 0.97, at about the same latency (1 ms). A filtered search that
+matching 10% of 100k clustered 384-d vectors, spread evenly through the graph, found 0.18
+of the true top 10; with it 0.998, at 2.6 ms a query instead of 0.6 ms (Qdrant's default
+ef; ``python -m eval.qdrant_edge``). A filtered search that
 still returns fewer than ``k`` hits counts the matches and, if there are more, searches
 them exactly. Searches on a server do not ask for ACORN (servers before 1.16 lack it).
 """
