@@ -18,17 +18,30 @@ class ConfigError(RagError):
 class MissingDependencyError(ConfigError):
     """An optional package is needed for the requested feature."""
 
-    def __init__(self, feature: str, package: str, extra: str) -> None:
+    def __init__(self, feature: str, package: str, extra: str, *, dist: str = "ragkit") -> None:
         super().__init__(
             f"{feature} needs the package {package!r}, which is not installed: "
-            f"pip install 'ragkit[{extra}]'"
+            f"pip install '{dist}[{extra}]'"
         )
         self.feature = feature
         self.package = package
         self.extra = extra
 
 
-class FilterError(RagError):
+class PluginError(ConfigError):
+    """A plugin is declared twice, cannot be loaded, or is not what its group expects."""
+
+
+class ContractError(RagError, ValueError):
+    """An argument breaks a contract: a vector of the wrong shape, a duplicate chunk id,
+    ``k`` out of range. Also a ``ValueError``, which is what callers of a store expect."""
+
+
+class MetadataError(ContractError):
+    """Metadata breaks the rule every store applies alike (see :mod:`rag.contract`)."""
+
+
+class FilterError(RagError, ValueError):
     """A metadata filter is malformed, or a backend cannot express one of its operators."""
 
 
@@ -45,7 +58,7 @@ class CollectionNotFoundError(StoreError):
     """The named collection does not exist."""
 
 
-class DimensionMismatchError(StoreError):
+class DimensionMismatchError(StoreError, ValueError):
     """Vectors of one dimension were written to or searched in a collection of another."""
 
 

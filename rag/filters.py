@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, TypeAlias
 
+from rag.contract import key_problem
 from rag.errors import FilterError
 from rag.types import MetadataValue
 
@@ -47,7 +48,6 @@ COMPARISON_OPS = EQUALITY_OPS | RANGE_OPS | MEMBERSHIP_OPS
 LOGICAL_OPS = frozenset({"$and", "$or", "$not"})
 ALL_OPS = COMPARISON_OPS | LOGICAL_OPS
 
-_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?)?$")
 
 
@@ -90,6 +90,9 @@ def parse(spec: Filter | Mapping[str, Any] | str | None) -> Filter | None:
     if spec is None:
         return None
     if isinstance(spec, Comparison | And | Or | Not):
+        for node in walk(spec):  # a tree built by hand meets the same rules as parsed JSON
+            if isinstance(node, Comparison):
+                _check_field(node.field)
         return spec
     if isinstance(spec, str):
         try:
@@ -122,9 +125,14 @@ def _parse_object(spec: Mapping[str, Any]) -> Filter:
     return parts[0] if len(parts) == 1 else And(tuple(parts))
 
 
+def _check_field(field: object) -> None:
+    problem = key_problem(field)
+    if problem:
+        raise FilterError(problem.replace("metadata key", "filter field", 1))
+
+
 def _parse_field(field: str, value: Any) -> list[Filter]:
-    if not _FIELD.match(field):
-        raise FilterError(f"field name {field!r} is not an identifier of at most 64 characters")
+    _check_field(field)
     if not isinstance(value, Mapping):
         return [Comparison(field, "$eq", _scalar(field, "$eq", value))]
     if not value:

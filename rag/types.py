@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-#: Metadata values are scalars, so that every backend can store and filter them alike.
+#: Metadata values are scalars, so that every backend can store and filter them alike
+#: (the whole rule is in :mod:`rag.contract`).
 MetadataValue: TypeAlias = str | int | float | bool
 Metadata: TypeAlias = dict[str, MetadataValue]
-
-_METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-
-
-def check_metadata(metadata: Mapping[str, Any]) -> Metadata:
-    """Return ``metadata`` as a plain dict, or raise ``ValueError`` naming the bad entry.
-
-    Keys are identifiers (letters, digits, underscore; at most 64 characters) because some
-    backends address metadata fields by name in their query language; values are scalars.
-    """
-    out: Metadata = {}
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not _METADATA_KEY.match(key):
-            raise ValueError(f"metadata key {key!r} is not an identifier of at most 64 characters")
-        if value is None:
-            continue
-        if not isinstance(value, str | int | float | bool):
-            raise ValueError(
-                f"metadata value for {key!r} has type {type(value).__name__}; "
-                "only str, int, float and bool are stored"
-            )
-        out[key] = value
-    return out
 
 
 @dataclass(frozen=True, slots=True)

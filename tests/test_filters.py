@@ -61,7 +61,9 @@ def test_parse_shapes() -> None:
         {"a": {"$gt": True}},
         {"a": [1, 2]},
         {"a": {"$eq": None}},
-        {"bad name": 1},
+        {"bad.name": 1},
+        {"trailing ": 1},
+        {"1st": 1},
         {"a;drop": 1},
         {"a": float("nan")},
     ],
@@ -122,3 +124,12 @@ def test_helpers() -> None:
     require_supported(flt, frozenset(operators(flt)), "x")
     with pytest.raises(FilterError, match=r"the demo store cannot express.*\$not"):
         require_supported(flt, frozenset(operators(flt) - {"$not"}), "demo")
+
+
+def test_fields_follow_the_metadata_key_rule() -> None:
+    # Keys such as LangChain's Markdown header fields, and letters of any script.
+    assert parse({"Header 1": "Intro"}) == Comparison("Header 1", "$eq", "Intro")
+    assert parse({"título": {"$ne": "x"}}) == Comparison("título", "$ne", "x")
+    # A tree built by hand meets the same rule as parsed JSON.
+    with pytest.raises(FilterError, match="filter field"):
+        parse(Comparison("a'; DROP TABLE chunks; --", "$eq", 1))

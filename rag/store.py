@@ -1,0 +1,240 @@
+"""The vector-store contract every backend implements, and the base that checks its inputs.
+
+A store holds one named collection of chunks and their vectors. Every backend ranks by
+cosine similarity and reports it as ``Hit.score`` ("higher is better"), whatever its native
+distance is; vectors reach it as float32 unit rows (:func:`rag.contract.check_vectors`).
+
+A backend declares what it can do in ``capabilities``; asking for anything else raises
+(:class:`~rag.errors.FilterError` for filter operators, :class:`~rag.errors.CapabilityError`
+otherwise). Nothing is ignored silently.
+
+Backends are plugins of the ``ragkit.stores`` entry-point group (:mod:`rag.plugins`);
+:func:`open_store` constructs one by name. Most subclass :class:`StoreBase`, which applies
+the checks of :mod:`rag.contract` once, in the public methods, and hands the backend
+validated input through the ``_upsert``, ``_delete``, ``_search``, ``_get`` and ``_scan``
+hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from rag import contract
+from rag.errors import ConfigError
+from rag.filters import Filter, parse, require_supported
+from rag.types import Chunk, Hit
+
+OptionValue = str | int | float | bool
+#: The largest ``k`` a search may ask for, on every store.
+MAX_K = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do, declared up front."""
+
+    #: Filter operators (``$eq``, ``$and``, ...) its translator can express.
+    filter_ops: frozenset[str]
+    #: Whether the default search is exact (a full scan) rather than approximate.
+    exact_search: bool
+    #: Whether data outlives the process.
+    persistent: bool = True
+    #: The largest number of records one write may carry, if the engine has a limit.
+    max_batch_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where and how a backend keeps its data.
+
+    ``data_dir`` is the backend's own folder under the ragkit data directory (embedded
+    engines keep their files there); ``url`` points at a server instead (a Chroma or Qdrant
+    URL, a PostgreSQL DSN). ``options`` are backend-specific settings, validated by the
+    backend: an unknown key is a :class:`~rag.errors.ConfigError`. Secrets never travel
+    here; backends read them from the environment.
+    """
+
+    data_dir: Path
+    url: str | None = None
+    options: Mapping[str, OptionValue] = field(default_factory=dict)
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """One collection in one backend.
+
+    Constructed as ``Backend(collection, dim=..., config=StoreConfig(...), create=True)``:
+    opens the collection, creating it when ``create`` is true and it does not exist (else
+    :class:`~rag.errors.CollectionNotFoundError`). An existing collection of another
+    dimension raises :class:`~rag.errors.DimensionMismatchError` at once.
+    """
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    #: One line for ``rag stores``.
+    description: ClassVar[str]
+    collection: str
+    dim: int
+
+    def upsert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        """Insert or replace chunks by id, with one vector row per chunk. Idempotent.
+
+        Chunks follow :mod:`rag.contract` (unique non-empty ids, metadata by the rule);
+        ``None`` metadata values are not stored."""
+        ...
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove chunks by id; ids that are not there are ignored."""
+        ...
+
+    def search(self, vector: np.ndarray, *, k: int = 10, where: Filter | None = None) -> list[Hit]:
+        """The ``k`` (1 to :data:`MAX_K`) nearest chunks that match ``where``, best first.
+
+        Filtering happens before ranking: the result has ``min(k, matching)`` hits.
+        """
+        ...
+
+    def get(self, ids: Sequence[str]) -> list[Chunk]:
+        """Chunks by id, in the order asked; missing ids are left out."""
+        ...
+
+    def count(self) -> int:
+        """The number of chunks in the collection."""
+        ...
+
+    def drop(self) -> None:
+        """Delete the collection and everything in it."""
+        ...
+
+    def scan(self, *, batch_size: int = 1000) -> Iterator[tuple[list[Chunk], np.ndarray]]:
+        """Every chunk with its vector, in batches (for migration and verification)."""
+        ...
+
+    def close(self) -> None:
+        """Release files, connections and servers. The object is unusable afterwards."""
+        ...
+
+
+class StoreBase:
+    """The contract's public methods, checking their input once for every backend.
+
+    A backend sets ``name``, ``capabilities``, ``description``, ``collection`` and ``dim``
+    and implements the hooks, which receive only validated input: ``_upsert`` a non-empty
+    list of checked chunks and a float32 ``(n, dim)`` array of unit rows; ``_delete`` and
+    ``_get`` a non-empty list of ids; ``_search`` a unit ``(dim,)`` vector, ``k`` within
+    bounds and a parsed filter whose operators the backend declared; ``_scan`` a positive
+    batch size.
+    """
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    description: ClassVar[str] = ""
+    collection: str
+    dim: int
+
+    def upsert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        chunks = list(chunks)
+        vecs = contract.check_vectors(
+            vectors, self.dim, rows=len(chunks), store=self.name, collection=self.collection
+        )
+        if chunks:
+            self._upsert(contract.check_chunks(chunks), vecs)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        ids = contract.check_ids(ids)
+        if ids:
+            self._delete(ids)
+
+    def search(
+        self, vector: np.ndarray, *, k: int = 10, where: Filter | Mapping[str, Any] | None = None
+    ) -> list[Hit]:
+        k = contract.check_k(k, limit=MAX_K)
+        q = contract.check_query(vector, self.dim, store=self.name, collection=self.collection)
+        flt = parse(where)
+        require_supported(flt, self.capabilities.filter_ops, self.name)
+        return self._search(q, k, flt)
+
+    def get(self, ids: Sequence[str]) -> list[Chunk]:
+        ids = contract.check_ids(ids)
+        return self._get(ids) if ids else []
+
+    def scan(self, *, batch_size: int = 1000) -> Iterator[tuple[list[Chunk], np.ndarray]]:
+        return self._scan(contract.check_k(batch_size, name="batch_size"))
+
+    # --- the backend's part --------------------------------------------------------------
+
+    def _upsert(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _delete(self, ids: list[str]) -> None:
+        raise NotImplementedError
+
+    def _search(self, vector: np.ndarray, k: int, where: Filter | None) -> list[Hit]:
+        raise NotImplementedError
+
+    def _get(self, ids: list[str]) -> list[Chunk]:
+        raise NotImplementedError
+
+    def _scan(self, batch_size: int) -> Iterator[tuple[list[Chunk], np.ndarray]]:
+        raise NotImplementedError
+
+
+def open_store(
+    name: str, collection: str, *, dim: int, config: StoreConfig, create: bool = True
+) -> VectorStore:
+    """Collection ``collection`` in the store plugin ``name`` (see :mod:`rag.plugins`)."""
+    from rag import plugins
+
+    cls = plugins.load("stores", name)
+    return cls(collection, dim=dim, config=config, create=create)
+
+
+def store_class(name: str) -> type[VectorStore]:
+    """The class of the store plugin ``name``, importing its module (not its driver)."""
+    from rag import plugins
+
+    return plugins.load("stores", name)
+
+
+def batched(items: Sequence, size: int) -> Iterator[Sequence]:
+    """Consecutive slices of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def read_options(
+    options: Mapping[str, OptionValue],
+    defaults: Mapping[str, OptionValue],
+    *,
+    backend: str,
+) -> dict[str, OptionValue]:
+    """Merge ``options`` over ``defaults``, coercing strings from the command line to the
+    defaults' types; unknown keys are a :class:`ConfigError`."""
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) for the {backend} store: {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(defaults)) or 'none'}"
+        )
+    out = dict(defaults)
+    for key, value in options.items():
+        kind = type(defaults[key])
+        if isinstance(value, str) and kind is not str:
+            try:
+                if kind is bool:
+                    if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                        raise ValueError(value)
+                    value = value.lower() in ("1", "true", "yes")
+                else:
+                    value = kind(value)
+            except ValueError as e:
+                raise ConfigError(
+                    f"{backend} option {key}={value!r} is not a {kind.__name__}"
+                ) from e
+        out[key] = value
+    return out
