@@ -1,6 +1,6 @@
 """The store configurations the benchmark runs: registry backend, options, search sweep.
 
-Every configuration is a production adapter from ``vectorstores.registry`` opened with a
+Every configuration is a production store from the plugin registry opened with a
 ``StoreConfig`` whose options are the ones below; the benchmark has no client code of its
 own. Index sizes that depend on N are computed here and recorded with each result:
 
@@ -52,7 +52,7 @@ def faiss_nlist(n: int) -> int:
 
 
 def pg_lists(n: int) -> int:
-    from vectorstores._pg_sql import ivfflat_lists  # psycopg only where pgvector runs
+    from vectorstores.pg_sql import ivfflat_lists  # psycopg only where pgvector runs
 
     return ivfflat_lists(n)
 
@@ -61,7 +61,7 @@ def pg_hnsw_graph_bytes(n: int, dim: int, *, m: int = 16, halfvec: bool = False)
     """The memory pgvector's HNSW build needs to hold the whole graph in
     ``maintenance_work_mem``, as the pgvector adapter estimates it (64 MB holds about
     29,700 384-d vectors at m 16)."""
-    from vectorstores._pg_sql import hnsw_graph_bytes
+    from vectorstores.pg_sql import hnsw_graph_bytes
 
     return float(hnsw_graph_bytes(n, dim, m, half=halfvec))
 

@@ -50,9 +50,8 @@ from eval.bench_data import FILTERS, Dataset, bucket, npy_layout
 from eval.bench_metrics import mean_recall, percentiles
 from eval.bench_stores import SPECS
 from rag.filters import parse
+from rag.store import StoreConfig, store_class
 from rag.types import Chunk
-from vectorstores.base import StoreConfig
-from vectorstores.registry import store_class
 
 COLLECTION = "bench"
 K = 10

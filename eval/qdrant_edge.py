@@ -1,7 +1,7 @@
 """Qdrant's in-process engine (qdrant-edge): when to build HNSW during a bulk load, and
 filtered HNSW with and without ACORN.
 
-Two measurements behind choices in ``vectorstores/_qdrant_engines.py``, on the benchmark's
+Two measurements behind choices in ``vectorstores/qdrant_engines.py``, on the benchmark's
 synthetic vectors (``eval/bench_data.py``, cached):
 
 * build policy: ``--n`` vectors upserted through ``QdrantStore`` in batches of 10,000 with
@@ -47,7 +47,7 @@ def _hwm_mb() -> float:
 
 
 def _load(ds: bench_data.Dataset, folder: Path) -> tuple[Any, float]:
-    from vectorstores.base import StoreConfig
+    from rag.store import StoreConfig
     from vectorstores.qdrant import QdrantStore
 
     store = QdrantStore("c", dim=ds.dim, config=StoreConfig(folder, options={"engine": "edge"}))
@@ -59,7 +59,7 @@ def _load(ds: bench_data.Dataset, folder: Path) -> tuple[Any, float]:
 
 
 def child_policy(ds: bench_data.Dataset, policy: str, folder: Path) -> dict[str, Any]:
-    from vectorstores import _qdrant_engines as engines
+    from vectorstores import qdrant_engines as engines
 
     if policy == "fixed":
         engines.AUTO_OPTIMIZE_GROWTH = 0.0

@@ -15,12 +15,19 @@ import pytest
 pytest.importorskip("chromadb")
 
 import vectorstores.chroma as chroma_mod
-from rag.errors import ConfigError, DimensionMismatchError, FilterError, StoreError
+from rag.errors import (
+    ConfigError,
+    DimensionMismatchError,
+    FilterError,
+    MetadataError,
+    StoreError,
+)
 from rag.filters import ALL_OPS, And, Comparison, Filter, Not, Or, evaluate, parse
+from rag.store import StoreConfig
 from rag.types import Chunk
 from vectorstores import conformance
-from vectorstores.base import StoreConfig
-from vectorstores.chroma import ChromaStore, ServerAddress, chroma_name, parse_url, to_where
+from vectorstores.chroma import ChromaStore, ServerAddress, chroma_name, parse_url
+from vectorstores.chroma_filters import KEYS, NUM, to_where
 
 DIM = 8
 
@@ -148,15 +155,25 @@ def test_internal_fields_never_reach_the_caller(store: ChromaStore) -> None:
     scanned = [c for batch, _ in store.scan() for c in batch]
     assert sorted(scanned, key=lambda c: c.id) == chunks
     raw = store._col.get(ids=["a"], include=["metadatas"])["metadatas"][0]
-    assert raw[chroma_mod._KEYS] == ["b", "n", "s"] and raw[chroma_mod._NUM] == ["n"]
+    assert raw[KEYS] == ["b", "n", "s"] and raw[NUM] == ["n"]
 
 
-def test_metadata_keys_are_checked(store: ChromaStore) -> None:
-    with pytest.raises(ValueError):
-        store.upsert(
-            [Chunk("a", "x", {"ragkit:keys": "sneaky"})], _unit(np.random.default_rng(4), 1)
-        )
+def test_internal_fields_cannot_be_written(store: ChromaStore) -> None:
+    for key in (KEYS, NUM):
+        with pytest.raises(MetadataError):
+            store.upsert([Chunk("a", "x", {key: "sneaky"})], _unit(np.random.default_rng(4), 1))
     assert store.count() == 0
+
+
+def test_rule_keys_are_plain_chroma_fields(store: ChromaStore) -> None:
+    """Keys the rule allows beyond identifiers reach Chroma unchanged, and so do 64-bit
+    integers (Chroma kept 2**64 as a float before the rule refused it)."""
+    meta = {"Header 1": "Intro", "título": "ñ", "content-type": "md", "n": -(2**63)}
+    store.upsert([Chunk("a", "x", meta)], _unit(np.random.default_rng(4), 1))
+    raw = store._col.get(ids=["a"], include=["metadatas"])["metadatas"][0]
+    assert {k: raw[k] for k in meta} == meta
+    assert raw[KEYS] == sorted(meta)
+    assert to_where(parse({"Header 1": "Intro"})) == {"Header 1": {"$eq": "Intro"}}
 
 
 # --- scores and search ----------------------------------------------------------------------
@@ -244,7 +261,7 @@ def test_every_operator_is_declared() -> None:
 
 
 def test_translation_adds_presence_and_pushes_not_down() -> None:
-    keys, num = chroma_mod._KEYS, chroma_mod._NUM
+    keys, num = KEYS, NUM
     assert to_where(parse({"a": 1})) == {"a": {"$eq": 1}}
     assert to_where(parse({"a": {"$ne": 1}})) == {
         "$and": [{"a": {"$ne": 1}}, {keys: {"$contains": "a"}}]
@@ -428,9 +445,9 @@ def test_driver_errors_name_backend_and_collection(config: StoreConfig) -> None:
         b.close()
 
 
-def test_importing_rag_and_the_registry_does_not_import_chromadb() -> None:
+def test_loading_the_plugin_does_not_import_chromadb() -> None:
     code = (
-        "import sys, rag, rag.filters, vectorstores.registry as r; r.get_backend('chroma');"
+        "import sys, rag, rag.filters, rag.plugins as p; p.load('stores', 'chroma');"
         "print('chromadb' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -598,7 +615,7 @@ import sys
 from pathlib import Path
 import numpy as np
 from rag.types import Chunk
-from vectorstores.base import StoreConfig
+from rag.store import StoreConfig
 from vectorstores.chroma import ChromaStore
 store = ChromaStore("shared", dim=8, config=StoreConfig(Path(sys.argv[1])), create=False)
 vecs = np.eye(8, dtype=np.float32)[:3]

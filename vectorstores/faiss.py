@@ -27,8 +27,9 @@ search is repeated over every list, so the result size holds.
 Filters are applied before ranking: the matching row ids become a FAISS ``IDSelector``, and
 small selections (at most 2,048 rows or 2% of the collection) are ranked exactly, whatever
 the index. The matching rows come from in-memory columns of the fields filtered on, read
-once per write generation (``vectorstores._columns``); SQL over the JSON metadata answers
-where the columns can't (integers past 2**53).
+once per write generation (:mod:`vectorstores.faiss_columns`); SQL over the JSON metadata
+answers where the columns can't (integers past 2**53). Both address a field by a quoted JSON
+path (``$."Header 1"``) passed as a parameter, so any key the metadata rule allows works.
 """
 
 from __future__ import annotations
@@ -45,18 +46,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rag.errors import CollectionNotFoundError, DimensionMismatchError, StoreError
-from rag.filters import ALL_OPS, And, Comparison, Filter, Not, Or, parse
+from rag.filters import ALL_OPS, And, Comparison, Filter, Not, Or
+from rag.store import Capabilities, StoreBase, StoreConfig, read_options
 from rag.types import Chunk, Hit
-from vectorstores._columns import ColumnCache
-from vectorstores.base import (
-    Capabilities,
-    StoreConfig,
-    check_k,
-    check_query,
-    check_unique_ids,
-    check_vectors,
-    read_options,
-)
+from vectorstores.faiss_columns import ColumnCache, json_path
 
 _DEFAULTS: dict[str, str | int] = {
     "index": "flat",
@@ -71,11 +64,14 @@ _IVF_SAMPLE_PER_LIST = 100
 _SQL_BATCH = 500  # ids per "IN (...)" (SQLite allows 32,766 variables; keep statements small)
 
 
-class FaissStore:
+class FaissStore(StoreBase):
     """One collection: a folder under ``config.data_dir`` named after it."""
 
     name: ClassVar[str] = "faiss"
     capabilities: ClassVar[Capabilities] = Capabilities(filter_ops=ALL_OPS, exact_search=True)
+    description: ClassVar[str] = (
+        "FAISS in process: exact inner product by default, HNSW as an option"
+    )
 
     def __init__(
         self, collection: str, *, dim: int, config: StoreConfig, create: bool = True
@@ -258,13 +254,7 @@ class FaissStore:
 
     # --- the contract ----------------------------------------------------------------------
 
-    def upsert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
-        vecs = check_vectors(
-            vectors, self.dim, rows=len(chunks), backend=self.name, collection=self.collection
-        )
-        if not chunks:
-            return
-        check_unique_ids(chunks)
+    def _upsert(self, chunks: list[Chunk], vecs: np.ndarray) -> None:
         with self._lock:
             db = self._db
             try:
@@ -340,15 +330,13 @@ class FaissStore:
             )
         return out
 
-    def delete(self, ids: Sequence[str]) -> None:
-        if not ids:
-            return
+    def _delete(self, ids: list[str]) -> None:
         with self._lock:
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
                 stale = self._generation() != self._seen
-                found = self._rowids(list(ids))
+                found = self._rowids(ids)
                 db.executemany("DELETE FROM chunks WHERE rowid = ?", [(r,) for r in found.values()])
                 gen = self._bump(db) if found else self._seen
                 db.execute("COMMIT")
@@ -363,13 +351,9 @@ class FaissStore:
             self._seen = gen
             self._maybe_rebuild()
 
-    def search(self, vector: np.ndarray, *, k: int = 10, where: Filter | None = None) -> list[Hit]:
-        check_k(k)
-        q = check_query(vector, self.dim, backend=self.name, collection=self.collection).reshape(
-            1, -1
-        )
+    def _search(self, vector: np.ndarray, k: int, where: Filter | None) -> list[Hit]:
+        q = vector.reshape(1, -1)
         faiss = self._faiss
-        where = parse(where)
         with self._lock:
             self._sync()
             allowed: np.ndarray | None = None
@@ -454,11 +438,11 @@ class FaissStore:
                 out[rowid] = Chunk(cid, text, json.loads(meta))
         return out
 
-    def get(self, ids: Sequence[str]) -> list[Chunk]:
+    def _get(self, ids: list[str]) -> list[Chunk]:
         found: dict[str, Chunk] = {}
         with self._lock:
             for start in range(0, len(ids), _SQL_BATCH):
-                part = list(ids[start : start + _SQL_BATCH])
+                part = ids[start : start + _SQL_BATCH]
                 marks = ",".join("?" * len(part))
                 for cid, text, meta in self._db.execute(
                     f"SELECT id, text, metadata FROM chunks WHERE id IN ({marks})", part
@@ -470,7 +454,7 @@ class FaissStore:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])
 
-    def scan(self, *, batch_size: int = 1000) -> Iterator[tuple[list[Chunk], np.ndarray]]:
+    def _scan(self, batch_size: int) -> Iterator[tuple[list[Chunk], np.ndarray]]:
         last = 0
         while True:
             with self._lock:
@@ -523,26 +507,41 @@ def to_sql(flt: Filter) -> tuple[str, list[Any]]:
 
 
 def _comparison(c: Comparison) -> tuple[str, list[Any]]:
-    path = f"$.{c.field}"  # field names are identifiers, checked by the parser
-    jtype = f"json_type(metadata, '{path}')"
-    value = f"json_extract(metadata, '{path}')"
-    if c.op in ("$eq", "$ne", "$in", "$nin"):
-        operands = c.value if isinstance(c.value, tuple) else (c.value,)
-        terms: list[str] = []
-        params: list[Any] = []
-        for v in operands:
-            if isinstance(v, bool):
-                terms.append(f"{jtype} = ?")
-                params.append("true" if v else "false")
-            elif isinstance(v, int | float):
-                terms.append(f"({jtype} IN ('integer', 'real') AND {value} = ?)")
-                params.append(v)
-            else:
-                terms.append(f"({jtype} = 'text' AND {value} = ?)")
-                params.append(v)
-        match = "(" + " OR ".join(terms) + ")"
-        if c.op in ("$eq", "$in"):
-            return f"COALESCE({match}, 0)", params
-        return f"({jtype} IS NOT NULL AND {jtype} != 'null' AND NOT COALESCE({match}, 0))", params
-    sym = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[c.op]
-    return f"COALESCE(({jtype} IN ('integer', 'real') AND {value} {sym} ?), 0)", [c.value]
+    # The JSON path travels as a parameter, once per use: json_path() quotes the key.
+    path = json_path(c.field)
+    jtype = "json_type(metadata, ?)"
+    value = "json_extract(metadata, ?)"
+    if c.op in _RANGE_SQL:
+        return (
+            f"COALESCE(({jtype} IN ('integer', 'real') AND {value} {_RANGE_SQL[c.op]} ?), 0)",
+            [path, path, c.value],
+        )
+    operands = c.value if isinstance(c.value, tuple) else (c.value,)
+    bools = list(dict.fromkeys("true" if v else "false" for v in operands if isinstance(v, bool)))
+    numbers = [v for v in operands if isinstance(v, int | float) and not isinstance(v, bool)]
+    strings = [v for v in operands if isinstance(v, str)]
+    terms: list[str] = []
+    params: list[Any] = []
+    if bools:
+        terms.append(f"{jtype} IN ({_marks(bools)})")
+        params += [path, *bools]
+    if numbers:  # SQLite compares integers and reals by value, as the reference does
+        terms.append(f"({jtype} IN ('integer', 'real') AND {value} IN ({_marks(numbers)}))")
+        params += [path, path, *numbers]
+    if strings:
+        terms.append(f"({jtype} = 'text' AND {value} IN ({_marks(strings)}))")
+        params += [path, path, *strings]
+    match = "(" + (" OR ".join(terms) or "0") + ")"
+    if c.op in ("$eq", "$in"):
+        return f"COALESCE({match}, 0)", params
+    return (
+        f"({jtype} IS NOT NULL AND {jtype} != 'null' AND NOT COALESCE({match}, 0))",
+        [path, path, *params],
+    )
+
+
+_RANGE_SQL = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" * len(values))

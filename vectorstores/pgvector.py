@@ -46,7 +46,9 @@ Search
     cached plan would ignore the per-query ``SET LOCAL`` settings. ``filtered_search``
     pins the choice (``index`` or ``exact``); :meth:`PgvectorStore.explain` shows the plan.
 
-Filters are translated in :mod:`vectorstores._pg_sql` with the reference semantics.
+Filters are translated in :mod:`vectorstores.pg_sql` with the reference semantics; metadata
+keys travel as parameters (``metadata -> %s``), so any key the rule allows works, and jsonb
+keeps 64-bit integers and doubles exactly.
 """
 
 from __future__ import annotations
@@ -55,26 +57,19 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from rag import contract
 from rag.errors import CollectionNotFoundError, ConfigError, RagError, StoreError
 from rag.filters import ALL_OPS, Filter, parse, require_supported
+from rag.store import MAX_K, Capabilities, StoreBase, StoreConfig, read_options
 from rag.types import Chunk, Hit
-from vectorstores import _pg_sql as q
-from vectorstores._pg_catalog import Session, describe, drop_collection, open_collection
-from vectorstores.base import (
-    Capabilities,
-    StoreConfig,
-    check_k,
-    check_query,
-    check_unique_ids,
-    check_vectors,
-    read_options,
-)
+from vectorstores import pg_sql as q
+from vectorstores.pg_catalog import Session, describe, drop_collection, open_collection
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +80,7 @@ _SQL = q.sql.SQL
 _T = TypeVar("_T")
 
 
-class PgvectorStore:
+class PgvectorStore(StoreBase):
     """One collection in PostgreSQL with pgvector (see the module docstring).
 
     Options: ``index`` (``hnsw``, ``ivfflat``, or ``none`` for exact search), ``m`` and
@@ -105,6 +100,7 @@ class PgvectorStore:
 
     name: ClassVar[str] = "pgvector"
     capabilities: ClassVar[Capabilities] = Capabilities(filter_ops=ALL_OPS, exact_search=False)
+    description: ClassVar[str] = "PostgreSQL + pgvector: embedded server, or yours with RAG_PG_DSN"
 
     def __init__(
         self, collection: str, *, dim: int, config: StoreConfig, create: bool = True
@@ -185,13 +181,7 @@ class PgvectorStore:
 
     # --- the contract --------------------------------------------------------------------------
 
-    def upsert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
-        vecs = check_vectors(
-            vectors, self.dim, rows=len(chunks), backend=self.name, collection=self.collection
-        )
-        if not chunks:
-            return
-        check_unique_ids(chunks)
+    def _upsert(self, chunks: list[Chunk], vecs: np.ndarray) -> None:
         rows = [(c.id, c.text, q.metadata_json(c)) for c in chunks]
         embedding = _SQL("embedding")
         if self._layout.kind == "halfvec":
@@ -224,30 +214,35 @@ class PgvectorStore:
         self._run("upsert", write)
         self._dirty = True
 
-    def delete(self, ids: Sequence[str]) -> None:
-        if not ids:
-            return
+    def _delete(self, ids: list[str]) -> None:
         query = _SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self._table_id)
 
         def write(conn: Any) -> None:
             with conn.transaction():
-                conn.execute(query, [list(ids)])
+                conn.execute(query, [ids])
 
         self._run("delete", write)
 
-    def search(self, vector: np.ndarray, *, k: int = 10, where: Filter | None = None) -> list[Hit]:
-        rows = self._search(vector, k, where, explain=False)
+    def _search(self, vector: np.ndarray, k: int, where: Filter | None) -> list[Hit]:
+        rows = self._query(vector, k, where, explain=False)
         return [Hit(cid, 1.0 - float(d), Chunk(cid, text, meta)) for cid, text, meta, d in rows]
 
-    def explain(self, vector: np.ndarray, *, k: int = 10, where: Filter | None = None) -> str:
+    def explain(
+        self,
+        vector: np.ndarray,
+        *,
+        k: int = 10,
+        where: Filter | Mapping[str, Any] | None = None,
+    ) -> str:
         """The plan ``search`` runs for these arguments (EXPLAIN ANALYZE), for tuning."""
-        return "\n".join(r[0] for r in self._search(vector, k, where, explain=True))
-
-    def _search(self, vector: np.ndarray, k: int, where: Filter | None, *, explain: bool) -> list:
-        check_k(k)
-        qv = check_query(vector, self.dim, backend=self.name, collection=self.collection)
+        k = contract.check_k(k, limit=MAX_K)
+        qv = contract.check_query(vector, self.dim, store=self.name, collection=self.collection)
         flt = parse(where)
         require_supported(flt, self.capabilities.filter_ops, self.name)
+        return "\n".join(r[0] for r in self._query(qv, k, flt, explain=True))
+
+    def _query(self, qv: np.ndarray, k: int, flt: Filter | None, *, explain: bool) -> list:
+        """The rows of a search (checked input), or of its EXPLAIN with ``explain``."""
         clause, fparams = q.where_clause(flt) if flt is not None else (None, [])
         query = self._search_sql(clause)
         if explain:
@@ -347,7 +342,7 @@ class PgvectorStore:
         params = [str(x) for item in settings.items() for x in item]
         conn.execute(_SQL("SELECT ") + parts, params, prepare=False)
 
-    def get(self, ids: Sequence[str]) -> list[Chunk]:
+    def _get(self, ids: list[str]) -> list[Chunk]:
         query = _SQL("SELECT id, text, metadata FROM {} WHERE id = ANY(%s)").format(self._table_id)
 
         def read(conn: Any) -> dict[str, Chunk]:
@@ -358,7 +353,7 @@ class PgvectorStore:
                     found[cid] = Chunk(cid, text, meta)
             return found
 
-        found = self._run("get", read) if ids else {}
+        found = self._run("get", read)
         return [found[i] for i in ids if i in found]
 
     def count(self) -> int:
@@ -369,8 +364,7 @@ class PgvectorStore:
             conn.execute(_SQL("SELECT count(*) FROM {}").format(self._table_id)).fetchone()[0]
         )
 
-    def scan(self, *, batch_size: int = 1000) -> Iterator[tuple[list[Chunk], np.ndarray]]:
-        check_k(batch_size)
+    def _scan(self, batch_size: int) -> Iterator[tuple[list[Chunk], np.ndarray]]:
         vec = _SQL("embedding::vector" if self._layout.kind == "halfvec" else "embedding")
         head = _SQL("SELECT id, text, metadata, {} FROM {} ").format(vec, self._table_id)
         first = head + _SQL("ORDER BY id LIMIT %s")

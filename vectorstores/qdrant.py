@@ -19,7 +19,8 @@ Which engine runs, and why:
 
 Points: a chunk id that is a canonical UUID is the point id; any other string maps to a
 ``uuid5`` and is kept in the payload. The payload holds the metadata under its own keys, plus
-``ragkit:text`` and, for mapped ids, ``ragkit:id`` (names no metadata key can take).
+``ragkit:text`` and, for mapped ids, ``ragkit:id`` (names no metadata key can take: the rule
+allows no ``:``). Qdrant keeps 64-bit integers and doubles exactly.
 Vectors come back from ``scan`` normalised, as Qdrant stores them for cosine distance.
 
 Index building (edge). The engine has no background optimizer: points land in a plain
@@ -37,7 +38,8 @@ and 2.3 GB with one build at the end (2 cores, ``python -m eval.qdrant_edge``).
 Segments under Qdrant's indexing threshold (10 MB of vectors) stay plain, as on a server.
 Writes are durable through the engine's write-ahead log before ``close()``.
 
-Filters are translated in ``_qdrant_filters`` with the reference semantics. Fields used in
+Filters are translated in :mod:`vectorstores.qdrant_filters` with the reference semantics
+(keys such as ``Header 1`` are quoted there). Fields used in
 filters get payload indexes (edge and server; local mode has none): ``source``,
 ``file_type``, ``page`` and ``mtime`` when a collection is created, any other field when a
 filter first uses it. With an index, Qdrant counts the matches and ranks small selections
@@ -61,7 +63,7 @@ import re
 import threading
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -74,19 +76,11 @@ from rag.errors import (
     RagError,
     StoreError,
 )
-from rag.filters import ALL_OPS, Filter, parse, require_supported
+from rag.filters import ALL_OPS, Filter
+from rag.store import Capabilities, StoreBase, StoreConfig, read_options
 from rag.types import Chunk, Hit
-from vectorstores._qdrant_engines import ClientEngine, EdgeEngine, Spec
-from vectorstores._qdrant_filters import translate, wanted_indexes
-from vectorstores.base import (
-    Capabilities,
-    StoreConfig,
-    check_k,
-    check_query,
-    check_unique_ids,
-    check_vectors,
-    read_options,
-)
+from vectorstores.qdrant_engines import ClientEngine, EdgeEngine, Spec
+from vectorstores.qdrant_filters import translate, wanted_indexes
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +96,8 @@ _HNSW_OPTIONS = ("hnsw_m", "ef_construction", "ef_search")
 
 TEXT_KEY = "ragkit:text"
 ID_KEY = "ragkit:id"
-_RESERVED = "ragkit:"
 _ID_NAMESPACE = uuid.UUID("6f1c3d2e-58b4-4b7e-9a43-0d6f2f4c9a11")  # fixed forever: ids depend on it
 _BATCH = 512  # points per write or read call
-_INT64 = (-(2**63), 2**63 - 1)
 
 _NAME = re.compile(r"[^/\\\x00-\x1f]{1,255}")  # a folder name: no separators, no control characters
 
@@ -130,7 +122,7 @@ def connect_server(url: str) -> Any:
     return QdrantClient(url=url, api_key=os.environ.get("QDRANT_API_KEY") or None)
 
 
-class QdrantStore:
+class QdrantStore(StoreBase):
     """One Qdrant collection, on the engine chosen by ``config`` (see the module docstring).
 
     Options: ``engine`` (``edge`` | ``local`` | ``server``; default ``edge``, or ``server``
@@ -140,6 +132,9 @@ class QdrantStore:
 
     name: ClassVar[str] = "qdrant"
     capabilities: ClassVar[Capabilities] = Capabilities(filter_ops=ALL_OPS, exact_search=False)
+    description: ClassVar[str] = (
+        "Qdrant: its engine in process (qdrant-edge), or a server with --store-url"
+    )
 
     def __init__(
         self, collection: str, *, dim: int, config: StoreConfig, create: bool = True
@@ -248,19 +243,9 @@ class QdrantStore:
             else:
                 self._indexed[field] = schema
 
-    def _payload(self, chunk: Chunk, pid: str) -> dict[str, Any]:
-        payload: dict[str, Any] = {}
-        for key, value in chunk.metadata.items():
-            if key.startswith(_RESERVED):
-                raise ValueError(f"metadata key {key!r} is reserved by the qdrant store")
-            if (
-                isinstance(value, int)
-                and not isinstance(value, bool)
-                and not _INT64[0] <= value <= _INT64[1]
-            ):
-                # Qdrant would store it as a float and hand back another value.
-                raise ValueError(f"metadata value for {key!r} does not fit in 64 bits: {value}")
-            payload[key] = value
+    @staticmethod
+    def _payload(chunk: Chunk, pid: str) -> dict[str, Any]:
+        payload: dict[str, Any] = dict(chunk.metadata)
         payload[TEXT_KEY] = chunk.text
         if pid != chunk.id:
             payload[ID_KEY] = chunk.id
@@ -275,13 +260,7 @@ class QdrantStore:
 
     # --- the contract ------------------------------------------------------------------------
 
-    def upsert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
-        vecs = check_vectors(
-            vectors, self.dim, rows=len(chunks), backend=self.name, collection=self.collection
-        )
-        if not chunks:
-            return
-        check_unique_ids(chunks)
+    def _upsert(self, chunks: list[Chunk], vecs: np.ndarray) -> None:
         ids = [point_id(c.id) for c in chunks]
         payloads = [self._payload(c, pid) for c, pid in zip(chunks, ids, strict=True)]
         with self._op("upsert"):
@@ -290,23 +269,15 @@ class QdrantStore:
                 self._engine.upsert(ids[start:end], vecs[start:end], payloads[start:end])
             self._engine.after_write(len(ids))
 
-    def delete(self, ids: Sequence[str]) -> None:
-        if not ids:
-            return
+    def _delete(self, ids: list[str]) -> None:
         pids = list(dict.fromkeys(point_id(i) for i in ids))
         with self._op("delete"):
             for start in range(0, len(pids), _BATCH):
                 self._engine.delete(pids[start : start + _BATCH])
             self._engine.after_write(0)
 
-    def search(self, vector: np.ndarray, *, k: int = 10, where: Filter | None = None) -> list[Hit]:
-        check_k(k)
-        q = check_query(vector, self.dim, backend=self.name, collection=self.collection)
-        flt = parse(where)
-        native = None
-        if flt is not None:
-            require_supported(flt, self.capabilities.filter_ops, self.name)
-            native = translate(flt, self._engine.builder)
+    def _search(self, q: np.ndarray, k: int, flt: Filter | None) -> list[Hit]:
+        native = translate(flt, self._engine.builder) if flt is not None else None
         with self._op("search"):
             if flt is not None:
                 self._ensure_indexes(wanted_indexes(flt))
@@ -330,7 +301,7 @@ class QdrantStore:
             hits.append(Hit(chunk.id, float(score), chunk))
         return hits
 
-    def get(self, ids: Sequence[str]) -> list[Chunk]:
+    def _get(self, ids: list[str]) -> list[Chunk]:
         pids = list(dict.fromkeys(point_id(i) for i in ids))
         found: dict[str, Chunk] = {}
         with self._op("get"):
@@ -344,8 +315,7 @@ class QdrantStore:
         with self._op("count"):
             return int(self._engine.count())
 
-    def scan(self, *, batch_size: int = 1000) -> Iterator[tuple[list[Chunk], np.ndarray]]:
-        check_k(batch_size)
+    def _scan(self, batch_size: int) -> Iterator[tuple[list[Chunk], np.ndarray]]:
         offset: Any = None
         while True:
             with self._op("scan"):

@@ -143,18 +143,33 @@ def version(text: str | None) -> tuple[int, int]:
 
 
 def metadata_json(chunk: Chunk) -> str:
-    """The chunk's metadata as JSON text for jsonb, or ValueError for what jsonb refuses."""
-    if "\x00" in chunk.text:
-        raise ValueError(f"chunk {chunk.id!r}: PostgreSQL text cannot hold NUL characters")
-    try:
-        text = json.dumps(chunk.metadata, ensure_ascii=False, allow_nan=False)
-    except ValueError as e:
-        raise ValueError(
-            f"chunk {chunk.id!r}: metadata holds NaN or infinity, which jsonb cannot store"
-        ) from e
-    if "\\u0000" in text:
-        raise ValueError(f"chunk {chunk.id!r}: jsonb metadata cannot hold NUL characters")
-    return text
+    """The chunk's metadata as JSON text for jsonb.
+
+    The metadata rule already keeps out what jsonb refuses (NaN, infinity, NUL characters),
+    and jsonb's numeric keeps every 64-bit integer and double exactly. Its text form does not
+    keep the difference between them, though: ``1e+20`` is read as numeric scale 0 and comes
+    back as ``100000000000000000000``, an int. A float that Python writes with an exponent
+    and no fraction (every one from 1e16 up) is therefore written out as ``<integer>.0``,
+    which jsonb gives back with its ``.0``: the same double, still a float.
+    """
+    meta = chunk.metadata
+    if not any(isinstance(v, float) and abs(v) >= _FLOAT_EXPONENT_FROM for v in meta.values()):
+        return json.dumps(meta, ensure_ascii=False, allow_nan=False)
+    parts = [
+        json.dumps(key, ensure_ascii=False) + ": " + _json_scalar(value)
+        for key, value in meta.items()
+    ]
+    return "{" + ", ".join(parts) + "}"
+
+
+#: From here on Python writes floats with an exponent (``repr(1e16) == "1e+16"``).
+_FLOAT_EXPONENT_FROM = 1e16
+
+
+def _json_scalar(value: object) -> str:
+    if isinstance(value, float) and abs(value) >= _FLOAT_EXPONENT_FROM:
+        return f"{int(value)}.0"  # a double this large is an integer: exact digits
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 
 @functools.cache

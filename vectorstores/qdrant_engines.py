@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from rag.errors import CollectionNotFoundError, ConfigError, DimensionMismatchError
-from vectorstores._qdrant_filters import STANDARD_INDEXES, ClientBuilder, EdgeBuilder
+from vectorstores.qdrant_filters import (
+    STANDARD_INDEXES,
+    ClientBuilder,
+    EdgeBuilder,
+    field_of_path,
+    key_path,
+)
 
 log = logging.getLogger("vectorstores.qdrant")
 
@@ -108,6 +114,14 @@ def _schema_name(data_type: Any) -> str:
     return str(getattr(data_type, "name", data_type)).rsplit(".", 1)[-1].lower()
 
 
+def _indexed(payload_schema: Any) -> dict[str, str]:
+    """``{payload key: index type}`` from either API's payload schema, keyed by path."""
+    return {
+        field_of_path(str(path)): _schema_name(info.data_type)
+        for path, info in (payload_schema or {}).items()
+    }
+
+
 class EdgeEngine:
     """An EdgeShard in ``data_dir/<collection>``."""
 
@@ -142,9 +156,7 @@ class EdgeEngine:
             )
             self.shard = qe.EdgeShard.load(str(path))
             self._built = int(self.shard.info().points_count or 0)
-            self.indexed = {
-                k: _schema_name(v.data_type) for k, v in self.shard.info().payload_schema.items()
-            }
+            self.indexed = _indexed(self.shard.info().payload_schema)
             return
         if not spec.create:
             raise spec.not_found()
@@ -177,7 +189,9 @@ class EdgeEngine:
             "bool": qe.BoolIndexParams,
         }
         self.shard.update(
-            qe.UpdateOperation.create_field_index(field, params[schema](enable_hnsw=False))
+            qe.UpdateOperation.create_field_index(
+                key_path(field), params[schema](enable_hnsw=False)
+            )
         )
 
     def upsert(self, ids: list[str], vecs: np.ndarray, payloads: list[dict[str, Any]]) -> None:
@@ -314,9 +328,7 @@ class ClientEngine:
                 raise spec.dimension_error(vectors.size)
             if not self.local:
                 spec.check_hnsw(info.config.hnsw_config.m, info.config.hnsw_config.ef_construct)
-            self.indexed = {
-                k: _schema_name(v.data_type) for k, v in (info.payload_schema or {}).items()
-            }
+            self.indexed = _indexed(info.payload_schema)
             if self.local:
                 self._estimate = int(info.points_count or 0)
                 self._warn_size()
@@ -359,7 +371,7 @@ class ClientEngine:
         }
         self._client.create_payload_index(
             self._name,
-            field_name=field,
+            field_name=key_path(field),
             field_schema=params[schema](type=schema, enable_hnsw=False),
             wait=True,
         )

@@ -16,7 +16,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from rag.errors import CollectionNotFoundError, ConfigError, DimensionMismatchError, StoreError
-from vectorstores import _pg_sql as q
+from vectorstores import pg_sql as q
 
 log = logging.getLogger("vectorstores.pgvector")
 

@@ -10,6 +10,10 @@ collection: the first filtered query after a write reads them again.
 
 Integers are held as float64, which is exact up to 2**53; a field holding a larger integer,
 or a filter comparing with one, is answered by SQL (:meth:`ColumnCache.rows` returns None).
+
+Fields are addressed by :func:`json_path`, which quotes the key (``$."Header 1"``): the
+metadata rule allows spaces, ``-`` and letters of any script, which an unquoted SQLite JSON
+path does not take, and no double quote or backslash, so quoting needs no escapes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rag.contract import key_problem
+from rag.errors import FilterError
 from rag.filters import And, Comparison, Filter, Not, Or
 
 # Type codes: what json_type() says of the field in a row's metadata.
@@ -34,6 +40,14 @@ _RANGE: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     "$lt": np.less,
     "$lte": np.less_equal,
 }
+
+
+def json_path(field: str) -> str:
+    """The SQLite JSON path of a metadata key: ``$."key"``, passed as a query parameter."""
+    problem = key_problem(field)
+    if problem:  # parse() checks fields already; a hand-made tree must not reach SQL either
+        raise FilterError(problem)
+    return f'$."{field}"'
 
 
 class _Inexact(Exception):
@@ -52,8 +66,8 @@ class Column:
 
     @classmethod
     def read(cls, db: sqlite3.Connection, field: str) -> tuple[np.ndarray, Column]:
-        """``(rowids, column)`` for ``field`` (an identifier, checked by the filter parser)."""
-        path = f"$.{field}"
+        """``(rowids, column)`` for ``field`` (a key by the metadata rule)."""
+        path = json_path(field)
         rows = db.execute(
             "SELECT rowid, json_type(metadata, ?), json_extract(metadata, ?) "
             "FROM chunks ORDER BY rowid",

@@ -14,7 +14,10 @@ translation compensates for, each checked against the engines:
 * ``MatchValue`` takes strings, integers and booleans but no floats, and an integer does not
   match a float payload (``1`` misses ``1.0``). Numeric equality is a closed range
   ``gte=v, lte=v``, which compares every number by value and never matches a string or a
-  boolean. Ranges work on doubles, so integers beyond 2**53 compare approximately.
+  boolean. Ranges work on doubles, so integers beyond 2**53 compare approximately (the edge
+  engine rounds the payload, local mode does not): equality with an integer operand past
+  2**53 is therefore ``MatchValue``, exact on integer payloads (a float payload of that size
+  is then never equal to it). Range operators on such integers stay approximate.
 * qdrant-edge 0.9 reads ``MatchValue(True)`` as ``MatchValue(1)`` (its binding tries integer
   before boolean), which matches the integer 1 and misses ``true``. Booleans go to the edge
   engine as ``numpy.bool_``, which it reads as a boolean.
@@ -24,10 +27,19 @@ Payload indexes: a numeric field gets a ``float`` index, never ``integer``: an i
 leaves float values out, and a range condition on such a field then misses them (measured on
 qdrant-edge: ``page`` 2.5 stopped matching ``2 <= page <= 3`` once ``page`` had an integer
 index).
+
+Keys. Qdrant names a field in a condition or a payload index by a JSON path (``a.b[0]``),
+whose bare keys take only letters, digits, ``_`` and ``-``; qdrant-edge refuses ``Header 1``
+outright, and qdrant-client's local mode cuts it at the space. A quoted key (``"Header 1"``)
+is read literally by both, and the metadata rule allows no ``"`` or ``\\`` in a key, so
+:func:`key_path` quotes every key that is not plain ASCII. Qdrant reports payload indexes
+by path, quoting only what it must (``título`` bare, ``"Header 1"`` quoted):
+:func:`field_of_path` reads both forms back.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -35,6 +47,24 @@ import numpy as np
 
 from rag.errors import FilterError
 from rag.filters import And, Comparison, Filter, Not, Or, fields, walk
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_EXACT_INT = 2**53  # a double holds every integer up to this exactly
+
+
+def key_path(field: str) -> str:
+    """The Qdrant JSON path of a top-level payload key: the key, quoted unless plain ASCII."""
+    if '"' in field or "\\" in field:  # never from a filter that passed the parser
+        raise FilterError(f"filter field {field!r} cannot be addressed in Qdrant")
+    return field if _BARE_KEY.fullmatch(field) else f'"{field}"'
+
+
+def field_of_path(path: str) -> str:
+    """The payload key a top-level path names (the inverse of :func:`key_path`)."""
+    if len(path) >= 2 and path.startswith('"') and path.endswith('"'):
+        return path[1:-1]
+    return path
+
 
 #: Indexed when a collection is created: the fields ragkit's connectors write.
 STANDARD_INDEXES: dict[str, str] = {
@@ -52,6 +82,7 @@ class Builder(Protocol):
     def match_bool(self, field: str, value: bool) -> Any: ...
     def num_range(self, field: str, op: str, value: float) -> Any: ...
     def num_eq(self, field: str, value: float) -> Any: ...
+    def match_int(self, field: str, value: int) -> Any: ...
     def is_empty(self, field: str) -> Any: ...
     def filter(
         self, *, must: list | None = None, should: list | None = None, must_not: list | None = None
@@ -110,6 +141,8 @@ def _any_of(field: str, operands: Sequence[Any], b: Builder) -> Any:
         seen.add((isinstance(v, bool), v))
         if isinstance(v, bool):
             conds.append(b.match_bool(field, v))
+        elif isinstance(v, int) and abs(v) > _EXACT_INT:
+            conds.append(b.match_int(field, v))
         elif isinstance(v, int | float):
             conds.append(b.num_eq(field, v))
         else:
@@ -129,22 +162,27 @@ class EdgeBuilder:
     def match_str(self, field: str, values: Sequence[str]) -> Any:
         qe = self._qe
         match = qe.MatchValue(values[0]) if len(values) == 1 else qe.MatchAny(list(values))
-        return qe.FieldCondition(field, match=match)
+        return qe.FieldCondition(key_path(field), match=match)
 
     def match_bool(self, field: str, value: bool) -> Any:
         # numpy.bool_, not bool: see the module docstring.
-        return self._qe.FieldCondition(field, match=self._qe.MatchValue(np.bool_(value)))
+        return self._qe.FieldCondition(key_path(field), match=self._qe.MatchValue(np.bool_(value)))
 
     def num_range(self, field: str, op: str, value: float) -> Any:
-        return self._qe.FieldCondition(field, range=self._qe.RangeFloat(**{op[1:]: float(value)}))
+        return self._qe.FieldCondition(
+            key_path(field), range=self._qe.RangeFloat(**{op[1:]: float(value)})
+        )
 
     def num_eq(self, field: str, value: float) -> Any:
         return self._qe.FieldCondition(
-            field, range=self._qe.RangeFloat(gte=float(value), lte=float(value))
+            key_path(field), range=self._qe.RangeFloat(gte=float(value), lte=float(value))
         )
 
+    def match_int(self, field: str, value: int) -> Any:
+        return self._qe.FieldCondition(key_path(field), match=self._qe.MatchValue(int(value)))
+
     def is_empty(self, field: str) -> Any:
-        return self._qe.IsEmptyCondition(field)
+        return self._qe.IsEmptyCondition(key_path(field))
 
     def filter(
         self, *, must: list | None = None, should: list | None = None, must_not: list | None = None
@@ -161,21 +199,28 @@ class ClientBuilder:
     def match_str(self, field: str, values: Sequence[str]) -> Any:
         m = self._m
         match = m.MatchValue(value=values[0]) if len(values) == 1 else m.MatchAny(any=list(values))
-        return m.FieldCondition(key=field, match=match)
+        return m.FieldCondition(key=key_path(field), match=match)
 
     def match_bool(self, field: str, value: bool) -> Any:
-        return self._m.FieldCondition(key=field, match=self._m.MatchValue(value=bool(value)))
+        return self._m.FieldCondition(
+            key=key_path(field), match=self._m.MatchValue(value=bool(value))
+        )
 
     def num_range(self, field: str, op: str, value: float) -> Any:
-        return self._m.FieldCondition(key=field, range=self._m.Range(**{op[1:]: float(value)}))
+        return self._m.FieldCondition(
+            key=key_path(field), range=self._m.Range(**{op[1:]: float(value)})
+        )
 
     def num_eq(self, field: str, value: float) -> Any:
         return self._m.FieldCondition(
-            key=field, range=self._m.Range(gte=float(value), lte=float(value))
+            key=key_path(field), range=self._m.Range(gte=float(value), lte=float(value))
         )
 
+    def match_int(self, field: str, value: int) -> Any:
+        return self._m.FieldCondition(key=key_path(field), match=self._m.MatchValue(value=value))
+
     def is_empty(self, field: str) -> Any:
-        return self._m.IsEmptyCondition(is_empty=self._m.PayloadField(key=field))
+        return self._m.IsEmptyCondition(is_empty=self._m.PayloadField(key=key_path(field)))
 
     def filter(
         self, *, must: list | None = None, should: list | None = None, must_not: list | None = None
