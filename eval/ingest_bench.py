@@ -40,7 +40,8 @@ from eval.datasets import load_beir
 from rag.chunking import Chunker, ChunkerSettings
 from rag.collection import open_collection
 from rag.config import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, DEFAULT_EMBED_MODEL, Settings
-from rag.embeddings import load_embedder, resolve_model
+from rag.embeddings import load_embedder
+from rag.embeddings.models import resolve_model
 from rag.types import Document
 
 

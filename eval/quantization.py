@@ -31,8 +31,11 @@ import numpy as np
 
 from eval.datasets import load_beir
 from rag.config import DEFAULT_EMBED_MODEL
-from rag.embeddings import Embedder, SentenceTransformerEmbedder
-from rag.onnx_embed import DEFAULT_INT8_RECIPE, OnnxEmbedder, QuantRecipe, onnx_session
+from rag.embeddings import Embedder
+from rag.embeddings.models import resolve_model
+from rag.embeddings.onnx_export import DEFAULT_INT8_RECIPE, QuantRecipe, onnx_session
+from rag.embeddings.onnx_runtime import OnnxEmbedder
+from rag.embeddings.transformer import SentenceTransformerEmbedder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,8 +112,6 @@ def make_variant(
     base, _, bs = name.partition("@")
     batch = int(bs) if bs else batch_size
     if base == "torch":
-        from rag.embeddings import resolve_model
-
         weights = Path(resolve_model(DEFAULT_EMBED_MODEL)[1]) / "model.safetensors"
         return (
             lambda: SentenceTransformerEmbedder(DEFAULT_EMBED_MODEL, batch_size=batch),

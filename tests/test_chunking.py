@@ -7,7 +7,8 @@ import random
 import pytest
 
 from rag.chunking import Chunker, ChunkerSettings
-from rag.embeddings import HashingEmbedder, load_embedder
+from rag.embeddings import load_embedder
+from rag.embeddings.hashing import HashingEmbedder
 from rag.types import Document
 
 

@@ -1,15 +1,25 @@
-"""Embedders: the default model offline, the hashing embedder, loading once per process."""
+"""Embedders: the default model offline, the hashing embedder, loading once per process
+through the plugin registry."""
 
 from __future__ import annotations
 
+import importlib.metadata as md
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from rag import plugins
 from rag.config import DEFAULT_EMBED_MODEL
-from rag.embeddings import HashingEmbedder, load_embedder, resolve_model
-from rag.errors import ConfigError, EmbeddingError
+from rag.embeddings import Embedder, EmbedderSpec, load_embedder
+from rag.embeddings.hashing import HashingEmbedder
+from rag.embeddings.models import resolve_model
+from rag.errors import ConfigError, EmbeddingError, MissingDependencyError, PluginError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_default_model_resolves_to_the_wheel() -> None:
@@ -46,8 +56,94 @@ def test_unknown_model_fails_with_a_hint() -> None:
 
 
 def test_unknown_backend() -> None:
-    with pytest.raises(ConfigError, match="unknown embedding backend"):
+    with pytest.raises(PluginError, match="unknown embedding backend 'tpu'; known: ") as info:
         load_embedder(DEFAULT_EMBED_MODEL, "tpu")
+    assert isinstance(info.value, ConfigError)
+    for name in ("hashing", "onnx", "onnx-int8", "torch"):
+        assert name in str(info.value)
+    assert {"hashing", "onnx", "onnx-int8", "torch"} <= set(plugins.names("embedders"))
+
+
+def _without_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed metadata as if the onnx extra's onnxruntime were not installed."""
+    real = md.version
+
+    def version(name: str) -> str:
+        if name.lower() == "onnxruntime":
+            raise md.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(md, "version", version)
+
+
+def test_missing_extra_names_its_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    _without_onnxruntime(monkeypatch)
+    for backend in ("onnx", "onnx-int8"):
+        with pytest.raises(MissingDependencyError, match=r"pip install 'ragkit\[onnx\]'") as info:
+            load_embedder("a-model-never-loaded", backend)
+        assert info.value.package == "onnxruntime"
+
+
+def test_importing_embeddings_loads_no_model_library() -> None:
+    heavy = ("torch", "sentence_transformers", "onnxruntime", "transformers")
+    code = (
+        "import sys, rag.embeddings\n"
+        f"heavy = {heavy!r}\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "rag.embeddings.load_embedder('hashing-64', 'hashing').embed(['hello'])\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split("\n")[:2] == ["[]", "[]"], out.stderr[-2000:]
+
+
+class _Tiny:
+    """A third-party embedder: two dimensions, built from the spec it was given."""
+
+    backend = "tiny"
+    dim = 2
+    max_tokens = 10
+
+    def __init__(self, spec: EmbedderSpec) -> None:
+        self.id = f"tiny:{spec.model}"
+        self.spec = spec
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(t.split()) for t in texts]
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return np.tile(np.asarray([1.0, 0.0], dtype=np.float32), (len(texts), 1))
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.embed([text])[0]
+
+
+def tiny_plugin(spec: EmbedderSpec) -> _Tiny:
+    return _Tiny(spec)
+
+
+def not_an_embedder(spec: EmbedderSpec) -> object:
+    return object()
+
+
+def test_a_third_party_backend_is_found_by_entry_point(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    eps = md.EntryPoints(
+        md.EntryPoint(name, f"tests.test_embeddings:{target}", "ragkit.embedders")
+        for name, target in (("tiny", "tiny_plugin"), ("broken", "not_an_embedder"))
+    )
+    monkeypatch.setattr(plugins, "registry", lambda: plugins.Registry(eps))
+    emb = load_embedder("m-tiny", "tiny", batch_size=7, cache_dir=tmp_path)
+    assert isinstance(emb, _Tiny) and isinstance(emb, Embedder)
+    assert emb.spec == EmbedderSpec("m-tiny", batch_size=7, cache_dir=tmp_path)
+    assert load_embedder("m-tiny", "tiny") is emb  # once per process and (model, backend)
+    with pytest.raises(PluginError, match="not an Embedder"):
+        load_embedder("m-tiny", "broken")
+    with pytest.raises(PluginError, match="known: broken, tiny"):
+        load_embedder("m-tiny", "torch")
 
 
 def test_hashing_embedder_is_deterministic_and_normalised() -> None:
@@ -58,26 +154,23 @@ def test_hashing_embedder_is_deterministic_and_normalised() -> None:
     b = emb.embed(["the cat sat on a mat", "stock market prices fell"])
     assert float(a[0] @ b[0]) > float(a[0] @ b[1])
     assert load_embedder("hashing-64", "hashing").dim == 64
+    assert load_embedder("anything", "hashing").id == "hashing-384"
+    with pytest.raises(ConfigError, match="hashing-<dimensions>"):
+        load_embedder("hashing-many", "hashing")
 
 
 def test_default_backend_is_int8_onnx_for_the_default_model_only(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import importlib.util
-
     from rag import config
 
     assert config.default_embed_backend(None) == "onnx-int8"
     assert config.default_embed_backend("all-MiniLM-L6-v2") == "onnx-int8"
     assert config.default_embed_backend(config.DEFAULT_EMBED_MODEL) == "onnx-int8"
     assert config.default_embed_backend("BAAI/bge-small-en-v1.5") == "torch"
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "onnxruntime" else real(name, *a),
-    )
-    assert config.default_embed_backend(None) == "torch"  # without the onnx extra
+    with monkeypatch.context() as m:
+        _without_onnxruntime(m)
+        assert config.default_embed_backend(None) == "torch"  # without the onnx extra
     monkeypatch.delenv("RAG_MODELS_DIR", raising=False)
     assert config.models_dir(config.Settings(data_dir=tmp_path)) == tmp_path / "models"
     monkeypatch.setenv("RAG_MODELS_DIR", str(tmp_path / "shared"))

@@ -23,8 +23,8 @@ from rag.errors import EmbeddingError, MissingDependencyError
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from rag import onnx_embed
-from rag.onnx_embed import OnnxEmbedder
+from rag.embeddings import onnx_export, onnx_runtime
+from rag.embeddings.onnx_runtime import OnnxEmbedder
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ TEXTS = [
 
 def _spawn_export(cache: Path) -> subprocess.Popen[str]:
     code = (
-        "import sys; from pathlib import Path; from rag.onnx_embed import OnnxEmbedder; "
+        "import sys; from pathlib import Path; from rag.embeddings.onnx_runtime import OnnxEmbedder; "
         "e = OnnxEmbedder(sys.argv[1], cache_dir=Path(sys.argv[2])); "
         "print(e.path); print(float(e.embed(['A man is eating food.'])[0] @ "
         "e.embed_query('A man is eating a piece of bread.')))"
@@ -142,8 +142,8 @@ def test_export_is_reused(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_export(*args: object, **kwargs: object) -> None:
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(onnx_embed, "export_onnx", no_export)
-    monkeypatch.setattr(onnx_embed, "fuse_onnx", no_export)
+    monkeypatch.setattr(onnx_export, "export_onnx", no_export)
+    monkeypatch.setattr(onnx_export, "fuse_onnx", no_export)
     emb = OnnxEmbedder(DEFAULT_EMBED_MODEL, cache_dir=cache)
     assert emb.path.parent == folder
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
@@ -233,7 +233,7 @@ def test_threads_share_one_embedder(fp32: OnnxEmbedder) -> None:
 
 def test_no_torch_once_exported(cache: Path, int8: OnnxEmbedder) -> None:
     code = (
-        "import sys; from pathlib import Path; from rag.onnx_embed import OnnxEmbedder\n"
+        "import sys; from pathlib import Path; from rag.embeddings.onnx_runtime import OnnxEmbedder\n"
         "for q in (False, True):\n"
         "    e = OnnxEmbedder(sys.argv[1], cache_dir=Path(sys.argv[2]), quantized=q)\n"
         "    assert e.embed(['hello world']).shape == (1, 384)\n"
@@ -256,7 +256,9 @@ def test_thread_count_from_the_environment(cache: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("RAG_ONNX_THREADS", "1")
     assert OnnxEmbedder(DEFAULT_EMBED_MODEL, cache_dir=cache).threads == 1
     monkeypatch.delenv("RAG_ONNX_THREADS")
-    assert OnnxEmbedder(DEFAULT_EMBED_MODEL, cache_dir=cache).threads == onnx_embed.physical_cores()
+    assert (
+        OnnxEmbedder(DEFAULT_EMBED_MODEL, cache_dir=cache).threads == onnx_runtime.physical_cores()
+    )
 
 
 def test_load_embedder_dispatches(cache: Path) -> None:
@@ -287,7 +289,7 @@ def test_missing_onnxruntime(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
 
 def _fake_model(folder: Path, *, pooling: dict[str, bool], weights: bool = False) -> Path:
-    from rag.embeddings import resolve_model
+    from rag.embeddings.models import resolve_model
 
     real = Path(resolve_model(DEFAULT_EMBED_MODEL)[1])
     folder.mkdir()
@@ -341,7 +343,7 @@ def test_unsupported_pooling_points_to_torch(tmp_path: Path) -> None:
 
 def test_cls_pooling_is_read(tmp_path: Path) -> None:
     model = _fake_model(tmp_path / "cls", pooling={"cls_token": True, "mean_tokens": False})
-    spec = onnx_embed.read_model_spec(str(model))
+    spec = onnx_export.read_model_spec(str(model))
     assert (spec.pooling, spec.max_seq_length, spec.dim) == ("cls", 256, 384)
 
 
@@ -353,10 +355,10 @@ def test_a_model_that_cannot_be_exported(tmp_path: Path) -> None:
 
 
 def test_model_keys_differ_by_folder_and_version(tmp_path: Path) -> None:
-    a = onnx_embed.read_model_spec(str(_fake_model(tmp_path / "a", pooling={"mean_tokens": True})))
-    b = onnx_embed.read_model_spec(str(_fake_model(tmp_path / "b", pooling={"mean_tokens": True})))
-    key_a = onnx_embed.model_key(a)
-    assert key_a != onnx_embed.model_key(b)
+    a = onnx_export.read_model_spec(str(_fake_model(tmp_path / "a", pooling={"mean_tokens": True})))
+    b = onnx_export.read_model_spec(str(_fake_model(tmp_path / "b", pooling={"mean_tokens": True})))
+    key_a = onnx_export.model_key(a)
+    assert key_a != onnx_export.model_key(b)
     assert "-a-" in key_a  # readable: the folder's name is in the key
     (tmp_path / "a" / "config.json").write_text((tmp_path / "a" / "config.json").read_text() + " ")
-    assert onnx_embed.model_key(a) != key_a
+    assert onnx_export.model_key(a) != key_a

@@ -1,4 +1,5 @@
-"""ONNX Runtime embedding backends (``onnx`` and ``onnx-int8``) for sentence-transformers models.
+"""Exporting a sentence-transformers model to ONNX: the graphs the ``onnx`` and ``onnx-int8``
+backends (:mod:`rag.embeddings.onnx_runtime`) run.
 
 A BERT-style sentence-transformers model (a Transformer module, then mean or CLS pooling,
 then optional normalisation) is exported to ONNX once with torch, verified against torch,
@@ -9,37 +10,36 @@ and cached under ``cache_dir/<slug>-<hash>/``::
     model-int8-<recipe>.onnx      dynamic INT8 quantisation (see ``QuantRecipe``)
     export.json                   what was exported, from which files, with which versions
 
-Later runs load the cached graph with ``onnxruntime`` and the model's ``tokenizer.json``
-through ``tokenizers``: neither torch nor sentence-transformers is imported, so the CLI
-starts fast. Vectors match the torch backend's (same tokenisation, truncation and pooling).
+Torch and transformers are imported only while exporting; reading a model folder
+(:func:`read_model_spec`) and finding a cached graph (:func:`prepare_onnx`) need neither.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import re
-import sys
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rag.embeddings import TokenCounter, _quiet_transformers, resolve_model
+from rag.config import installed_versions
+from rag.embeddings.models import quiet_transformers, resolve_model
 from rag.errors import EmbeddingError, MissingDependencyError
 
 #: Bump when the export or its file layout changes: a new version exports afresh.
 EXPORT_VERSION = 1
 OPSET = 17
-DEFAULT_BATCH_SIZE = 32
+#: Packages whose versions ``export.json`` records.
+_EXPORT_PACKAGES = ("torch", "transformers", "onnxruntime", "onnx")
 #: Texts for checking an exported graph against its source (one long enough to truncate).
 _PROBE_TEXTS = (
     "A man is eating food.",
@@ -103,6 +103,16 @@ class ModelSpec:
     do_lower_case: bool
     prompt: str
     dim: int
+
+    def tokenizer(self) -> Any:
+        """The model's fast tokenizer, truncating at :attr:`max_seq_length`, no padding."""
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(self.transformer_dir / "tokenizer.json"))
+        # Set once here and never per call, so that threads can share the tokenizer.
+        tok.enable_truncation(max_length=self.max_seq_length)
+        tok.no_padding()
+        return tok
 
 
 def _read_json(path: Path) -> Any:
@@ -226,6 +236,11 @@ def _temp_path(dest: Path) -> Path:
 
 
 def onnx_session(path: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session over ``path`` with ``threads`` intra-op threads.
+
+    Here rather than in :mod:`~rag.embeddings.onnx_runtime` because every graph this module
+    writes is checked by running it, and the runtime module builds on this one.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -248,7 +263,7 @@ def _run_hidden(session: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _probe_batch(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
-    tok = _tokenizer(spec)
+    tok = spec.tokenizer()
     encs = tok.encode_batch(list(_PROBE_TEXTS))
     n = max(len(e.ids) for e in encs)
     ids = np.zeros((len(encs), n), dtype=np.int64)
@@ -271,7 +286,7 @@ def export_onnx(spec: ModelSpec, dest: Path) -> None:
         from transformers import AutoModel
     except ImportError as e:
         raise MissingDependencyError("exporting a model to ONNX", e.name or "torch", "all") from e
-    _quiet_transformers()
+    quiet_transformers()
     try:
         model = AutoModel.from_pretrained(
             str(spec.transformer_dir), attn_implementation="eager", local_files_only=True
@@ -438,15 +453,6 @@ def quantize_onnx(spec: ModelSpec, src: Path, dest: Path, recipe: QuantRecipe) -
         tmp.unlink(missing_ok=True)
 
 
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in ("torch", "transformers", "onnxruntime", "onnx"):
-        mod = sys.modules.get(name)
-        if mod is not None:
-            out[name] = str(getattr(mod, "__version__", "?"))
-    return out
-
-
 def prepare_onnx(
     spec: ModelSpec, cache_dir: Path, *, quantized: bool, recipe: QuantRecipe = DEFAULT_INT8_RECIPE
 ) -> Path:
@@ -478,7 +484,7 @@ def prepare_onnx(
                 "export_version": EXPORT_VERSION,
                 "opset": OPSET,
                 "export_seconds": round(time.perf_counter() - started, 2),
-                "versions": _versions(),
+                "versions": installed_versions(_EXPORT_PACKAGES),
             }
         if "fused" not in info or (info["fused"] and not fused.is_file()):
             info["fused"] = fuse_onnx(spec, plain, fused)
@@ -493,124 +499,3 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------- inference
-
-
-def _tokenizer(spec: ModelSpec) -> Any:
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(spec.transformer_dir / "tokenizer.json"))
-    # Set once here and never per call, so that threads can share the tokenizer.
-    tok.enable_truncation(max_length=spec.max_seq_length)
-    tok.no_padding()
-    return tok
-
-
-def physical_cores() -> int:
-    """Physical cores this process may use (hyper-threads share one core's units)."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:
-        return max(1, (os.cpu_count() or 2) // 2)
-    cores = set()
-    for cpu in cpus:
-        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add(((topo / "physical_package_id").read_text(), (topo / "core_id").read_text()))
-        except OSError:
-            return len(cpus)
-    return max(1, len(cores))
-
-
-def _default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ragkit" / "models"
-
-
-class OnnxEmbedder:
-    """A sentence-transformers model running on ONNX Runtime (CPU), fp32 or dynamic INT8.
-
-    The first use exports the model with torch into ``cache_dir``; later uses load the cached
-    graph without importing torch. Threads: ``RAG_ONNX_THREADS`` or the physical cores.
-    """
-
-    def __init__(
-        self,
-        model: str,
-        *,
-        quantized: bool = False,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        cache_dir: Path | None = None,
-        recipe: QuantRecipe | None = None,
-        threads: int | None = None,
-    ) -> None:
-        if importlib.util.find_spec("onnxruntime") is None:
-            raise MissingDependencyError("the onnx embedding backend", "onnxruntime", "onnx")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.spec = read_model_spec(model)
-        self.id = self.spec.model_id
-        self.backend = "onnx-int8" if quantized else "onnx"
-        self.dim = self.spec.dim
-        self.batch_size = max(1, int(batch_size))
-        self.recipe = (recipe or DEFAULT_INT8_RECIPE) if quantized else None
-        cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
-        self.path = prepare_onnx(
-            self.spec, cache, quantized=quantized, recipe=self.recipe or DEFAULT_INT8_RECIPE
-        )
-        if threads is None:
-            env = os.environ.get("RAG_ONNX_THREADS", "").strip()
-            threads = int(env) if env.isdigit() and int(env) > 0 else physical_cores()
-        self.threads = threads
-        self._session = onnx_session(self.path, threads)
-        self._needs_types = "token_type_ids" in {i.name for i in self._session.get_inputs()}
-        self._tok = _tokenizer(self.spec)
-        self._special = len(self._tok.encode("").ids)
-        self.max_tokens = self.spec.max_seq_length - self._special
-        self.count_tokens = TokenCounter(self.spec.transformer_dir / "tokenizer.json")
-
-    def _prepare(self, text: str) -> str:
-        text = self.spec.prompt + text
-        return text.lower() if self.spec.do_lower_case else text
-
-    def _encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if self._needs_types:
-            feed["token_type_ids"] = np.zeros_like(ids)
-        try:
-            hidden = self._session.run(None, feed)[0]
-        except Exception as e:
-            raise EmbeddingError(f"embedding with {self.id} ({self.backend}) failed: {e}") from e
-        if self.spec.pooling == "cls":
-            vecs = hidden[:, 0, :]
-        else:
-            weights = mask.astype(np.float32)
-            vecs = np.einsum("bld,bl->bd", hidden, weights) / np.maximum(
-                weights.sum(1, keepdims=True), 1e-9
-            )
-        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-        return (vecs / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
-        encs = self._tok.encode_batch([self._prepare(t) for t in texts])
-        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
-        # Batches of similar length waste little on padding; out[] restores the input order.
-        order = np.argsort(-lengths, kind="stable")
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            ids = np.zeros((len(rows), int(lengths[rows[0]])), dtype=np.int64)
-            mask = np.zeros_like(ids)
-            for i, row in enumerate(rows):
-                n = lengths[row]
-                ids[i, :n] = encs[row].ids
-                mask[i, :n] = 1
-            out[rows] = self._encode(ids, mask)
-        return out
-
-    def embed_query(self, text: str) -> np.ndarray:
-        ids = np.asarray([self._tok.encode(self._prepare(text)).ids], dtype=np.int64)
-        return self._encode(ids, np.ones_like(ids))[0]
