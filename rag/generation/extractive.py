@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from rag.errors import ConfigError
+from rag.generation.context import GeneratorContext, unused
 from rag.types import Hit
 
 History = Sequence[tuple[str, str]]
@@ -171,3 +173,19 @@ class ExtractiveGenerator:
 
     def rewrite_question(self, question: str, history: History) -> str:
         return question
+
+
+def create(ctx: GeneratorContext) -> ExtractiveGenerator:
+    """No model: quotes the passages' sentences closest to the question.
+
+    The ``extractive`` generator plugin; it needs the collection's embedder."""
+    if ctx.embed is None:
+        raise ConfigError("the extractive generator needs the collection's embedder (embed=...)")
+    unused(
+        ctx,
+        "extractive",
+        llm_model="--llm-model / RAG_LLM_MODEL",
+        local_model="--local-model / RAG_LOCAL_MODEL",
+        max_tokens="--max-tokens",
+    )
+    return ExtractiveGenerator(ctx.embed)

@@ -16,7 +16,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from rag.errors import GenerationError, MissingDependencyError
+from rag.errors import ConfigError, GenerationError, MissingDependencyError
+from rag.generation.context import GeneratorContext, unused
 from rag.generation.prompt import (
     Message,
     build_messages,
@@ -348,3 +349,20 @@ def _chain(head: list[str], rest: Iterator[str]) -> Iterator[str]:
         close = getattr(rest, "close", None)
         if close is not None:
             close()
+
+
+def create(ctx: GeneratorContext) -> LocalGenerator:
+    """A GGUF chat model in process by llama.cpp (default SmolLM2-135M-Instruct).
+
+    The ``local`` generator plugin."""
+    s = ctx.settings
+    unused(ctx, "local", llm_model="--llm-model / RAG_LLM_MODEL")
+    if ctx.base_url:
+        raise ConfigError("the local generator runs in process; an endpoint URL is for openai")
+    # SmolLM2-135M drifts after a sentence or two: short answers are better answers.
+    return LocalGenerator(
+        s.local_model,
+        threads=s.llm_threads,
+        max_tokens=s.max_tokens or 160,
+        temperature=s.temperature,
+    )

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from rag.config import openai_endpoint
 from rag.errors import GenerationError
+from rag.generation.context import GeneratorContext, unused
 from rag.generation.prompt import Message, build_messages, clean_rewrite, rewrite_messages
 from rag.types import Hit
 
@@ -187,3 +189,31 @@ def _message(e: Any) -> str:
 def _one_line(text: str, limit: int = 200) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def create(ctx: GeneratorContext) -> OpenAIGenerator:
+    """Any OpenAI-compatible chat endpoint (OPENAI_BASE_URL, OPENAI_API_KEY).
+
+    The ``openai`` generator plugin: the endpoint from ``OPENAI_BASE_URL`` (or
+    ``ctx.base_url``), the key from ``OPENAI_API_KEY``, sent only to the endpoint the
+    environment configures."""
+    s = ctx.settings
+    unused(ctx, "openai", local_model="--local-model / RAG_LOCAL_MODEL")
+    env_url, api_key = openai_endpoint()
+    return OpenAIGenerator(
+        s.llm_model,
+        base_url=ctx.base_url or env_url,
+        api_key=api_key if sends_key(ctx.base_url) else None,
+        max_tokens=s.max_tokens or 512,
+        temperature=s.temperature,
+    )
+
+
+def sends_key(base_url: str | None) -> bool:
+    """Whether ``OPENAI_API_KEY`` goes to ``base_url`` (``None``: the environment's
+    endpoint): only to the endpoint the environment configures, ``OPENAI_BASE_URL`` or else
+    OpenAI's API, never to another URL."""
+    env_url, api_key = openai_endpoint()
+    if not api_key:
+        return False
+    return not base_url or base_url.rstrip("/") == (env_url or OPENAI_URL).rstrip("/")
