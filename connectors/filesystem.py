@@ -1,5 +1,8 @@
 """The filesystem connector: find the files to ingest, and read each into documents.
 
+:class:`FilesystemSource` is the ``filesystem`` source plugin (:mod:`rag.source`) built on
+the two functions below.
+
 :func:`walk` yields a :class:`FileRef` per candidate file, or a :class:`~rag.types.Failure`
 for a path it cannot use, in a deterministic order. :func:`load` reads one file and parses
 it by its suffix (see :mod:`connectors.parsers`); every problem with the file surfaces as an
@@ -17,9 +20,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from connectors.parsers import PARSERS, parse
-from rag.errors import IngestError
-from rag.types import Document, Failure, check_metadata
+from connectors.formats import PARSERS, parse
+from rag.contract import check_metadata
+from rag.errors import ConfigError, IngestError
+from rag.source import SourceItem, SourceOptions
+from rag.types import Document, Failure
 
 #: Suffixes that :func:`walk` yields and :func:`load` can parse (matched lower-cased).
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(PARSERS)
@@ -369,3 +374,58 @@ def load(ref: FileRef) -> list[Document]:
         )
         for p in parsed
     ]
+
+
+# ---------------------------------------------------------------------------------------
+# The source plugin
+
+
+class FilesystemSource:
+    """Files and folders on this machine, walked by :func:`walk` and read by :func:`load`.
+
+    The ``filesystem`` source plugin.
+
+    Item ids are resolved absolute paths. A recorded file is covered (and removed by a full
+    cleanup when it disappears) when it lies under one of the targets as given.
+    """
+
+    name = "filesystem"
+    description = "files and folders: text, Markdown, reST, HTML, PDF, DOCX, CSV"
+
+    def __init__(self, options: SourceOptions) -> None:
+        if not options.targets:
+            raise ConfigError("name at least one file or folder to ingest")
+        self.options = options
+        self._roots = [
+            os.path.abspath(os.path.expanduser(os.fspath(t))).rstrip(os.sep) or os.sep
+            for t in options.targets
+        ]
+
+    def scan(self) -> Iterator[SourceItem | Failure]:
+        o = self.options
+        for item in walk(
+            list(o.targets), include=o.include, exclude=o.exclude, max_bytes=o.max_bytes
+        ):
+            yield item if isinstance(item, Failure) else _item(item)
+
+    def load(self, item: SourceItem) -> list[Document]:
+        return load(FileRef(Path(item.id), item.size, item.mtime))
+
+    def covers(self, source_id: str) -> bool:
+        return any(
+            source_id == root or source_id.startswith(root.rstrip(os.sep) + os.sep)
+            for root in self._roots
+        )
+
+    def locate(self, source_id: str) -> SourceItem | None:
+        try:
+            st = os.stat(source_id)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return SourceItem(source_id, st.st_size, st.st_mtime)
+
+
+def _item(ref: FileRef) -> SourceItem:
+    return SourceItem(str(ref.path), ref.size, ref.mtime)

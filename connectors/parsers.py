@@ -3,7 +3,9 @@
 Every parser takes the raw bytes and the file name stem (the fallback title) and returns
 a list of :class:`Parsed` (one per document: PDFs give one per page). Parsers raise
 :class:`~rag.errors.IngestError` for what they recognise as a bad file; anything else they
-raise is wrapped by :func:`parse`, so callers only ever see ``IngestError``.
+raise is wrapped by :func:`connectors.formats.parse`, so callers only ever see
+``IngestError``. This module holds the text formats and what every parser shares; HTML,
+PDF and DOCX have their own modules.
 
 The heavy libraries (pypdf, python-docx, BeautifulSoup, charset-normalizer) are imported
 on first use, so importing the connector stays cheap.
@@ -318,59 +320,3 @@ def parse_csv(data: bytes, stem: str) -> list[Parsed]:
     if not rows:
         raise IngestError("no rows")
     return [Parsed("\n".join(rows), stem, "text", _encoding_extra(encoding))]
-
-
-# ---------------------------------------------------------------------------------------
-# Dispatch
-
-
-def _parse_html(data: bytes, stem: str) -> list[Parsed]:
-    from connectors.htmltext import parse_html
-
-    return parse_html(data, stem)
-
-
-def _parse_pdf(data: bytes, stem: str) -> list[Parsed]:
-    from connectors.pdf import parse_pdf
-
-    return parse_pdf(data, stem)
-
-
-def _parse_docx(data: bytes, stem: str) -> list[Parsed]:
-    from connectors.office import parse_docx
-
-    return parse_docx(data, stem)
-
-
-#: Lower-case suffix -> (name of the format for messages, parser).
-PARSERS: dict[str, tuple[str, Parser]] = {
-    ".txt": ("text", parse_text),
-    ".text": ("text", parse_text),
-    ".md": ("Markdown", parse_markdown),
-    ".markdown": ("Markdown", parse_markdown),
-    ".rst": ("reStructuredText", parse_rst),
-    ".html": ("HTML", _parse_html),
-    ".htm": ("HTML", _parse_html),
-    ".pdf": ("PDF", _parse_pdf),
-    ".docx": ("DOCX", _parse_docx),
-    ".csv": ("CSV", parse_csv),
-}
-
-
-def parse(suffix: str, data: bytes, stem: str) -> list[Parsed]:
-    """Parse ``data`` as the format of ``suffix``; documents without text are dropped.
-
-    Raises ``IngestError`` for every failure, wrapping unexpected parser exceptions as
-    ``could not parse <format>: <message>``, and when no text is left at all.
-    """
-    kind, parser = PARSERS[suffix.lower()]
-    try:
-        parsed = parser(data, stem)
-    except IngestError:
-        raise
-    except Exception as e:  # a bad file must never surface as a raw parser exception
-        raise IngestError(f"could not parse {kind}: {short_message(e)}") from e
-    kept = [p for p in parsed if p.text.strip()]
-    if not kept:
-        raise IngestError("no text")
-    return kept

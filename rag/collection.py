@@ -1,121 +1,79 @@
 """A collection: the public face of ragkit's library API.
 
     from rag import Settings, open_collection
-    col = open_collection(Settings(collection="docs"))
+    col = open_collection(Settings(collection="docs"), create=True)
     col.ingest(["./docs"])
     for hit in col.search("how do I install it?"):
         print(hit.score, hit.chunk.source)
     print(col.ask("How do I install it?").text)
 
-Files under the data directory::
-
-    collections/<store>/<name>/manifest.json   how the collection was built
-    collections/<store>/<name>/records.sqlite  what each source contributed (incremental ingest)
-    collections/<store>/<name>/ingest.lock     held by the ingest in progress
-    stores/<store>/...                         the embedded engines' own files
-    cache/embeddings.sqlite                    vectors by (model, text hash)
+A collection is one named set of chunks in one store. It opens its store, embedder and
+retriever lazily, each through the plugin registry (:mod:`rag.plugins`), so it knows no
+backend, source or generator by name. Its files are described in :mod:`rag.manifest`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rag import plugins
 from rag.config import (
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_EMBED_MODEL,
     Settings,
     default_embed_backend,
+    installed_versions,
     models_dir,
 )
 from rag.errors import (
     CollectionNotFoundError,
-    ConfigError,
     EmbedderMismatchError,
     LockedError,
     StoreCorruptedError,
 )
 from rag.filters import Filter, parse
+from rag.manifest import CollectionInfo, Manifest, collection_dir, list_collections
+from rag.records import EmbeddingCache, RecordStore
+from rag.source import Source, SourceOptions, open_source
+from rag.store import StoreConfig, VectorStore, open_store
 from rag.types import Answer, Hit
 
-MANIFEST_VERSION = 1
+if TYPE_CHECKING:
+    import numpy as np
+
+    from rag.chunking import ChunkerSettings
+    from rag.embeddings import Embedder
+    from rag.generation import Generator
+    from rag.indexing import IngestReport, ProgressCallback
+    from rag.retrieval import Retriever
+
+__all__ = [
+    "Collection",
+    "CollectionInfo",
+    "collection_dir",
+    "drop_collection",
+    "list_collections",
+    "open_collection",
+]
+
 logger = logging.getLogger("rag")
 
 
-@dataclass
-class Manifest:
-    """How a collection was built; saved beside it and checked on every open."""
-
-    name: str
-    store: str
-    embed_model: str
-    embed_backend: str
-    dim: int
-    max_tokens: int
-    chunk_size: int
-    chunk_overlap: int
-    created: float = field(default_factory=time.time)
-    versions: dict[str, str] = field(default_factory=dict)
-    last_ingest: dict[str, Any] | None = None
-    format: int = MANIFEST_VERSION
-
-    @classmethod
-    def load(cls, path: Path) -> Manifest:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot read the collection manifest {path}: {e}") from e
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
-        os.replace(tmp, path)
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for pkg in (
-        "ragkit",
-        "sentence-transformers",
-        "torch",
-        "faiss-cpu",
-        "chromadb",
-        "qdrant-edge-py",
-        "qdrant-client",
-        "psycopg",
-        "onnxruntime",
-    ):
-        with contextlib.suppress(PackageNotFoundError):
-            out[pkg] = version(pkg)
-    return out
-
-
-def collection_dir(settings: Settings, name: str | None = None, store: str | None = None) -> Path:
-    return (
-        settings.data_dir
-        / "collections"
-        / (store or settings.store)
-        / (name or settings.collection)
-    )
-
-
 class Collection:
-    """One named collection in one store. Opens its store, embedder and generator lazily."""
+    """One named collection in one store. Opens its store, embedder and retriever lazily."""
 
     def __init__(self, settings: Settings, *, create: bool = False) -> None:
+        # The store's name becomes a folder name: it must be a registered store first.
+        plugins.get("stores", settings.store)
         self.settings = settings
         self.name = settings.collection
         self.path = collection_dir(settings)
@@ -130,10 +88,10 @@ class Collection:
                 f"collection {self.name!r} does not exist in {settings.data_dir} "
                 f"(store {settings.store}); run `rag ingest PATH --collection {self.name}` first"
             )
-        self._store: Any = None
-        self._embedder: Any = None
-        self._records: Any = None
-        self._retriever: Any = None
+        self._store: VectorStore | None = None
+        self._embedder: Embedder | None = None
+        self._records: RecordStore | None = None
+        self._retriever: Retriever | None = None
 
     # --- identity and checks -------------------------------------------------------------
 
@@ -150,13 +108,8 @@ class Collection:
         return self.settings.embed_backend or default_embed_backend(self.settings.embed_model)
 
     def _check_embedder(self, m: Manifest) -> None:
-        from rag.embeddings import resolve_model
-
         s = self.settings
-        if (
-            s.embed_model is not None
-            and resolve_model_id(s.embed_model, resolve_model) != m.embed_model
-        ):
+        if s.embed_model is not None and _model_id(s.embed_model) != m.embed_model:
             raise EmbedderMismatchError(
                 f"collection {m.name!r} was built with the embedding model {m.embed_model} "
                 f"({m.dim} dimensions), not {s.embed_model}; leave out --embed-model to use "
@@ -172,156 +125,211 @@ class Collection:
     # --- lazily opened parts -------------------------------------------------------------
 
     @property
-    def embedder(self) -> Any:
+    def embedder(self) -> Embedder:
         if self._embedder is None:
             from rag.embeddings import load_embedder
 
-            self._embedder = load_embedder(
+            embedder = load_embedder(
                 self.embed_model,
                 self.embed_backend,
                 batch_size=self.settings.embed_batch_size,
                 cache_dir=models_dir(self.settings),
             )
-            if self.manifest is not None and self._embedder.dim != self.manifest.dim:
+            if self.manifest is not None and embedder.dim != self.manifest.dim:
                 raise EmbedderMismatchError(
                     f"collection {self.name!r} holds {self.manifest.dim}-dimensional vectors but "
-                    f"{self.embed_model} makes {self._embedder.dim}-dimensional ones"
+                    f"{self.embed_model} makes {embedder.dim}-dimensional ones"
                 )
+            self._embedder = embedder
         return self._embedder
 
     @property
-    def store(self) -> Any:
+    def store(self) -> VectorStore:
         if self._store is None:
-            from vectorstores.base import StoreConfig
-            from vectorstores.registry import store_class
-
-            cls = store_class(self.settings.store)
+            s = self.settings
             dim = self.manifest.dim if self.manifest is not None else self.embedder.dim
             config = StoreConfig(
-                data_dir=self.settings.data_dir / "stores" / self.settings.store,
-                url=self.settings.store_url,
-                options=dict(self.settings.store_options),
+                data_dir=s.data_dir / "stores" / s.store,
+                url=s.store_url,
+                options=dict(s.store_options),
             )
-            self._store = cls(self.name, dim=dim, config=config, create=True)
+            self._store = open_store(s.store, self.name, dim=dim, config=config, create=True)
         return self._store
 
     @property
-    def records(self) -> Any:
+    def records(self) -> RecordStore:
         if self._records is None:
-            from rag.records import RecordStore
-
             self._records = RecordStore(self.path / "records.sqlite")
         return self._records
 
-    # --- operations ----------------------------------------------------------------------
+    @property
+    def retriever(self) -> Retriever:
+        """The retriever, built with the settings' fusion, MMR and re-ranking options."""
+        if self._retriever is None:
+            from rag.retrieval import Retriever
+
+            s = self.settings
+            reranker = None
+            if s.rerank_model:
+                from rag.rerank import Reranker
+
+                reranker = Reranker(s.rerank_model)
+            self._retriever = Retriever(
+                self.store,
+                self.embedder,
+                bm25_dir=self.path / "bm25",
+                stamp=lambda: f"{self.settings.store}:{self.records.version()}",
+                embed_texts=self._cached_embed,
+                fusion=s.fusion,
+                rrf_k=s.rrf_k,
+                weight=s.fusion_weight,
+                mmr_lambda=s.mmr_lambda,
+                reranker=reranker,
+            )
+        return self._retriever
+
+    def _embedding_cache(self, model_id: str, backend: str, dim: int) -> EmbeddingCache:
+        return EmbeddingCache(
+            self.settings.data_dir / "cache" / "embeddings.sqlite", f"{model_id}|{backend}", dim
+        )
+
+    def _cached_embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for chunk texts, from the embedding cache where possible."""
+        emb = self.embedder
+        cache = self._embedding_cache(emb.id, emb.backend, emb.dim)
+        try:
+            return cache.embed(texts, emb.embed).vectors
+        finally:
+            cache.close()
+
+    # --- ingestion -----------------------------------------------------------------------
 
     def ingest(
         self,
         paths: Sequence[str | Path],
         *,
+        source: str = "filesystem",
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         cleanup: str = "full",
-        progress: Callable[[Any], None] | None = None,
-    ) -> Any:
-        """Bring the collection in line with ``paths`` (see :mod:`rag.indexing`)."""
-        from rag.chunking import Chunker, ChunkerSettings
-        from rag.indexing import Ingestor
-        from rag.records import EmbeddingCache
-
+        progress: ProgressCallback | None = None,
+    ) -> IngestReport:
+        """Bring the collection in line with ``paths`` read by the source plugin ``source``
+        (see :mod:`rag.indexing`): new and changed items are added, unchanged ones cost
+        nothing, and with ``cleanup="full"`` items gone from what the source covers are
+        removed."""
+        options = SourceOptions(
+            targets=tuple(os.fspath(p) for p in paths),
+            include=tuple(include),
+            exclude=tuple(exclude),
+            max_bytes=self.settings.max_file_bytes,
+        )
+        reader = open_source(source, options)
         self.path.mkdir(parents=True, exist_ok=True)
         with self.lock():
-            s = self.settings
-            m = self.manifest
-            size = (
-                s.chunk_size
-                if s.chunk_size is not None
-                else (m.chunk_size if m else DEFAULT_CHUNK_SIZE)
-            )
-            overlap = (
-                s.chunk_overlap
-                if s.chunk_overlap is not None
-                else (m.chunk_overlap if m else DEFAULT_CHUNK_OVERLAP)
-            )
-            chunk_settings = ChunkerSettings(size, overlap)
-            rechunk = m is not None and (m.chunk_size, m.chunk_overlap) != (size, overlap)
-            if m is None or rechunk:
-                # A new collection records its embedder, which must be loaded to know it.
-                emb = self.embedder
-                chunker = Chunker.for_embedder(chunk_settings, emb)
-                if m is None:
-                    m = Manifest(
-                        self.name,
-                        s.store,
-                        emb.id,
-                        emb.backend,
-                        emb.dim,
-                        emb.max_tokens,
-                        chunker.size,
-                        chunker.overlap,
-                        versions=_versions(),
-                    )
-                m.chunk_size, m.chunk_overlap = chunker.size, chunker.overlap
-                m.save(self.path / "manifest.json")
-                self.manifest = m
-
-            def make_chunker() -> Chunker:
-                return Chunker.for_embedder(chunk_settings, self.embedder)
-
-            def ingestor() -> Ingestor:
-                return Ingestor(
-                    store=self.store,
-                    records=self.records,
-                    embedder=lambda: self.embedder,
-                    chunker=make_chunker,
-                    cache=cache,
-                    max_file_bytes=s.max_file_bytes,
-                    rechunk=rechunk,
-                )
-
-            cache = EmbeddingCache(
-                s.data_dir / "cache" / "embeddings.sqlite",
-                f"{m.embed_model}|{m.embed_backend}",
-                m.dim,
+            chunking, rechunk = self._chunking()
+            manifest = self._prepare_manifest(chunking, rechunk)
+            cache = self._embedding_cache(
+                manifest.embed_model, manifest.embed_backend, manifest.dim
             )
             try:
-                try:
-                    report = ingestor().run(
-                        paths, include=include, exclude=exclude, cleanup=cleanup, progress=progress
-                    )
-                except StoreCorruptedError as e:
-                    extra = self._rebuild(e)
-                    report = ingestor().run(
-                        [*paths, *extra],
-                        include=include,
-                        exclude=exclude,
-                        cleanup=cleanup,
-                        progress=progress,
-                    )
+                report = self._run_ingest(reader, cache, chunking, rechunk, cleanup, progress)
             finally:
                 cache.close()
             if report.chunks or report.deleted:
                 self._refresh_bm25()
-            m.last_ingest = {
+            manifest.last_ingest = {
                 "time": time.time(),
-                "paths": [str(Path(p).absolute()) for p in paths],
+                "source": source,
+                "targets": list(options.targets),
                 **{k: v for k, v in report.to_json().items() if k != "failed"},
                 "failed": len(report.failed),
             }
-            m.versions = _versions()
-            m.save(self.path / "manifest.json")
+            manifest.versions = installed_versions()
+            manifest.save(self.path / "manifest.json")
         return report
 
-    def _rebuild(self, error: StoreCorruptedError) -> list[str]:
-        """Empty a damaged collection so that the ingest re-adds every source; returns the
-        recorded sources that still exist, to ingest along with the paths asked for."""
-        logger.warning("%s; rebuilding %r from its sources", error, self.name)
-        sources = [r.source for r in self.records.all() if Path(r.source).exists()]
-        self.store.drop()
-        self._store = None
-        self._retriever = None
-        self.records.clear()
-        return sources
+    def _chunking(self) -> tuple[ChunkerSettings, bool]:
+        """The chunker settings this ingest uses (given ones, else the collection's, else
+        the defaults) and whether they differ from what built the collection."""
+        from rag.chunking import ChunkerSettings
+
+        s, m = self.settings, self.manifest
+        size = s.chunk_size if s.chunk_size is not None else (m.chunk_size if m else None)
+        overlap = (
+            s.chunk_overlap if s.chunk_overlap is not None else (m.chunk_overlap if m else None)
+        )
+        chunking = ChunkerSettings(
+            DEFAULT_CHUNK_SIZE if size is None else size,
+            DEFAULT_CHUNK_OVERLAP if overlap is None else overlap,
+        )
+        rechunk = m is not None and (m.chunk_size, m.chunk_overlap) != (
+            chunking.chunk_size,
+            chunking.chunk_overlap,
+        )
+        return chunking, rechunk
+
+    def _prepare_manifest(self, chunking: ChunkerSettings, rechunk: bool) -> Manifest:
+        """The manifest, written now for a new collection or new chunker settings (which
+        need the embedder loaded, to know its identity and token limit)."""
+        from rag.chunking import Chunker
+
+        m = self.manifest
+        if m is not None and not rechunk:
+            return m
+        emb = self.embedder
+        chunker = Chunker.for_embedder(chunking, emb)
+        if m is None:
+            m = Manifest(
+                self.name,
+                self.settings.store,
+                emb.id,
+                emb.backend,
+                emb.dim,
+                emb.max_tokens,
+                chunker.size,
+                chunker.overlap,
+                versions=installed_versions(),
+            )
+        m.chunk_size, m.chunk_overlap = chunker.size, chunker.overlap
+        m.save(self.path / "manifest.json")
+        self.manifest = m
+        return m
+
+    def _run_ingest(
+        self,
+        reader: Source,
+        cache: EmbeddingCache,
+        chunking: ChunkerSettings,
+        rechunk: bool,
+        cleanup: str,
+        progress: ProgressCallback | None,
+    ) -> IngestReport:
+        """Run the pipeline; a store found damaged is emptied and the run repeated, with
+        every recorded item that still exists read again (from the embedding cache)."""
+        from rag.chunking import Chunker
+        from rag.indexing import Ingestor
+
+        def ingestor() -> Ingestor:
+            return Ingestor(
+                store=self.store,
+                records=self.records,
+                embedder=lambda: self.embedder,
+                chunker=lambda: Chunker.for_embedder(chunking, self.embedder),
+                cache=cache,
+                rechunk=rechunk,
+            )
+
+        try:
+            return ingestor().run(reader, cleanup=cleanup, progress=progress)
+        except StoreCorruptedError as e:
+            logger.warning("%s; rebuilding %r from its sources", e, self.name)
+            recorded = [r.source for r in self.records.all()]
+            self.store.drop()
+            self._store = None
+            self._retriever = None
+            self.records.clear()
+            return ingestor().run(reader, cleanup=cleanup, progress=progress, also=recorded)
 
     def _refresh_bm25(self) -> None:
         # Keep the keyword index in step with the collection when it is in use (it exists)
@@ -353,47 +361,7 @@ class Collection:
         finally:
             os.close(fd)
 
-    @property
-    def retriever(self) -> Any:
-        if self._retriever is None:
-            from rag.retrieval import Retriever
-
-            self._retriever = Retriever(
-                self.store,
-                self.embedder,
-                bm25_dir=self.path / "bm25",
-                stamp=lambda: f"{self.settings.store}:{self.records.version()}",
-                embed_texts=self._cached_embed,
-            )
-        return self._retriever
-
-    def _cached_embed(self, texts: Sequence[str]) -> Any:
-        """Vectors for chunk texts, from the embedding cache where possible."""
-        import hashlib
-
-        import numpy as np
-
-        from rag.records import EmbeddingCache
-
-        emb = self.embedder
-        cache = EmbeddingCache(
-            self.settings.data_dir / "cache" / "embeddings.sqlite",
-            f"{emb.id}|{emb.backend}",
-            emb.dim,
-        )
-        try:
-            hashes = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
-            found = cache.lookup(hashes)
-            out = np.empty((len(texts), emb.dim), dtype=np.float32)
-            missing = [i for i, h in enumerate(hashes) if h not in found]
-            for i, h in enumerate(hashes):
-                if h in found:
-                    out[i] = np.frombuffer(found[h], dtype=np.float32)
-            if missing:
-                out[missing] = emb.embed([texts[i] for i in missing])
-            return out
-        finally:
-            cache.close()
+    # --- questions -----------------------------------------------------------------------
 
     def search(
         self,
@@ -422,7 +390,7 @@ class Collection:
         mode: str | None = None,
         mmr: bool = False,
         history: Sequence[tuple[str, str]] = (),
-        generator: Any = None,
+        generator: Generator | None = None,
         on_token: Callable[[str], None] | None = None,
     ) -> Answer:
         """Retrieve passages for ``question`` and answer from them, citing them as [n]."""
@@ -468,9 +436,10 @@ class Collection:
         }
 
     def close(self) -> None:
-        for part in (self._store, self._records):
-            if part is not None:
-                part.close()
+        if self._store is not None:
+            self._store.close()
+        if self._records is not None:
+            self._records.close()
         self._store = self._records = self._retriever = None
 
     def __enter__(self) -> Collection:
@@ -480,9 +449,12 @@ class Collection:
         self.close()
 
 
-def resolve_model_id(name: str, resolver: Callable[[str], tuple[str, str]]) -> str:
+def _model_id(name: str) -> str:
+    """The identity a collection records for the model ``name`` (its resolved id)."""
+    from rag.embeddings.models import resolve_model
+
     try:
-        return resolver(name)[0]
+        return resolve_model(name)[0]
     except Exception:
         return name
 
@@ -492,40 +464,9 @@ def open_collection(settings: Settings, *, create: bool = False) -> Collection:
     return Collection(settings, create=create)
 
 
-@dataclass
-class CollectionInfo:
-    name: str
-    store: str
-    chunks: int
-    sources: int
-    embed_model: str
-    dim: int
-
-
-def list_collections(settings: Settings) -> list[CollectionInfo]:
-    """Every collection under the data directory, in every store, with its counts (from
-    the ingest record, so that no store has to be opened)."""
-    from rag.records import RecordStore
-
-    out: list[CollectionInfo] = []
-    root = settings.data_dir / "collections"
-    if not root.is_dir():
-        return out
-    for manifest_file in sorted(root.glob("*/*/manifest.json")):
-        m = Manifest.load(manifest_file)
-        records = RecordStore(manifest_file.parent / "records.sqlite")
-        try:
-            sources, chunks = records.count()
-        finally:
-            records.close()
-        out.append(CollectionInfo(m.name, m.store, chunks, sources, m.embed_model, m.dim))
-    return out
-
-
 def drop_collection(settings: Settings, name: str) -> None:
     """Delete a collection from its store and its record from the data directory."""
-    s = settings.with_(collection=name)
-    col = Collection(s)
+    col = Collection(settings.with_(collection=name))
     with col.lock():
         col.store.drop()
         col._store = None

@@ -5,7 +5,7 @@ Secrets (API keys) are read from the environment only and never written to disk.
 
 Environment variables: ``RAG_DATA_DIR``, ``RAG_COLLECTION``, ``RAG_STORE``,
 ``RAG_STORE_URL``, ``RAG_PG_DSN`` (the pgvector store's server), ``RAG_EMBED_MODEL``,
-``RAG_EMBED_BACKEND``, ``RAG_CHUNK_SIZE``, ``RAG_CHUNK_OVERLAP``, ``RAG_K``,
+``RAG_EMBED_BACKEND``, ``RAG_CHUNK_SIZE``, ``RAG_CHUNK_OVERLAP``, ``RAG_K``, ``RAG_MODE``,
 ``RAG_GENERATOR``, ``RAG_LLM_MODEL``, ``RAG_LOCAL_MODEL``, ``RAG_MAX_FILE_MB``,
 ``RAG_LLM_THREADS``, ``RAG_MODELS_DIR`` (where exported ONNX models are cached; default
 ``<data dir>/models``); and the ``openai`` package's own ``OPENAI_API_KEY`` and
@@ -29,25 +29,55 @@ DEFAULT_EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 #: INT8 recipe was validated on this one only.
 DEFAULT_EMBED_BACKEND = "onnx-int8"
 FALLBACK_EMBED_BACKEND = "torch"
-_ONNX_MODULES = ("onnxruntime", "onnx", "onnxscript")
 DEFAULT_CHUNK_SIZE = 200
 DEFAULT_CHUNK_OVERLAP = 32
-GENERATORS = ("auto", "local", "openai", "extractive")
 RETRIEVAL_MODES = ("dense", "bm25", "hybrid")
 _COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
 def default_embed_backend(model: str | None) -> str:
     """The backend a new collection gets when none is asked for: :data:`DEFAULT_EMBED_BACKEND`
-    for the default model when ONNX Runtime and the exporter are installed (the ``onnx``
-    extra), torch otherwise."""
-    import importlib.util
+    for the default model when its plugin's requirements (the ``onnx`` extra) are
+    installed, torch otherwise."""
+    from rag import plugins
 
     if model not in (None, DEFAULT_EMBED_MODEL, DEFAULT_EMBED_MODEL.split("/")[-1]):
         return FALLBACK_EMBED_BACKEND
-    if any(importlib.util.find_spec(m) is None for m in _ONNX_MODULES):
+    registry = plugins.registry()
+    if DEFAULT_EMBED_BACKEND not in registry.names("embedders"):
+        return FALLBACK_EMBED_BACKEND
+    if not registry.get("embedders", DEFAULT_EMBED_BACKEND).installed:
         return FALLBACK_EMBED_BACKEND
     return DEFAULT_EMBED_BACKEND
+
+
+#: Packages whose versions a collection records with its manifest.
+RECORDED_PACKAGES = (
+    "ragkit",
+    "sentence-transformers",
+    "torch",
+    "transformers",
+    "faiss-cpu",
+    "chromadb",
+    "qdrant-edge-py",
+    "qdrant-client",
+    "psycopg",
+    "onnxruntime",
+    "onnx",
+)
+
+
+def installed_versions(packages: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, str]:
+    """``{distribution: version}`` of those of ``packages`` that are installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str] = {}
+    for pkg in packages:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
 
 
 def models_dir(settings: Settings) -> Path:
@@ -67,6 +97,7 @@ _ENV: dict[str, str] = {
     "chunk_size": "RAG_CHUNK_SIZE",
     "chunk_overlap": "RAG_CHUNK_OVERLAP",
     "k": "RAG_K",
+    "mode": "RAG_MODE",
     "generator": "RAG_GENERATOR",
     "llm_model": "RAG_LLM_MODEL",
     "local_model": "RAG_LOCAL_MODEL",
@@ -143,10 +174,8 @@ class Settings:
             )
         if self.k < 1:
             raise ConfigError(f"k must be at least 1, got {self.k}")
-        if self.generator not in GENERATORS:
-            raise ConfigError(
-                f"unknown generator {self.generator!r}; choose from {', '.join(GENERATORS)}"
-            )
+        if not self.generator:
+            raise ConfigError("the generator name is empty; use auto or a generator's name")
         if self.mode not in RETRIEVAL_MODES:
             raise ConfigError(
                 f"unknown retrieval mode {self.mode!r}; choose from {', '.join(RETRIEVAL_MODES)}"

@@ -1,6 +1,11 @@
-"""Incremental, crash-safe ingestion: files in, chunks and vectors in the store.
+"""Incremental, crash-safe ingestion: a source's items in, chunks and vectors in the store.
 
-Stages overlap: a reader thread walks, reads, parses and chunks files; the calling thread
+The pipeline knows sources only through their contract (:mod:`rag.source`): it asks the
+source what is there, reads the items whose size or time differs from what it recorded,
+and, under the default ``cleanup="full"``, removes recorded items that the source covers but
+no longer lists.
+
+Stages overlap: a reader thread reads, parses and chunks items; the calling thread
 embeds batches of chunk texts (skipping texts already in the embedding cache); a writer
 thread puts finished batches into the store. Queues between them are bounded, so memory
 stays flat however large the folder.
@@ -13,27 +18,24 @@ undoes the interrupted work (see :mod:`rag.records`).
 
 from __future__ import annotations
 
-import hashlib
-import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rag.errors import IngestError, RagError
-from rag.records import EmbeddingCache, RecordStore, SourceRecord
+from rag.errors import ConfigError, IngestError
+from rag.records import CachedVectors, EmbeddingCache, RecordStore, SourceRecord
+from rag.source import Source, SourceItem
+from rag.store import VectorStore
 from rag.types import Chunk, Failure
 
 if TYPE_CHECKING:
-    from connectors.filesystem import FileRef
     from rag.chunking import Chunker
     from rag.embeddings import Embedder
-    from vectorstores.base import VectorStore
 
 CLEANUP_MODES = ("none", "per-source", "full")
 _EMBED_BATCH = 256  # texts per embedding call; large enough to amortise, small enough to stream
@@ -81,7 +83,7 @@ ProgressCallback = Callable[[Progress], None]
 
 @dataclass
 class _Loaded:
-    ref: FileRef
+    ref: SourceItem
     record: SourceRecord | None
     chunks: list[Chunk] | None = None
     content_hash: str = ""
@@ -108,7 +110,6 @@ class Ingestor:
         embedder: Callable[[], Embedder],
         chunker: Callable[[], Chunker],
         cache: EmbeddingCache | None,
-        max_file_bytes: int,
         rechunk: bool = False,
     ) -> None:
         # The embedder and chunker are built on first use: an ingest that finds nothing
@@ -121,7 +122,6 @@ class Ingestor:
         self._chunker: Chunker | None = None
         self._factory_lock = threading.Lock()
         self.cache = cache
-        self.max_file_bytes = max_file_bytes
         self.rechunk = rechunk
 
     @property
@@ -140,35 +140,31 @@ class Ingestor:
 
     def run(
         self,
-        paths: Sequence[str | Path],
+        source: Source,
         *,
-        include: Sequence[str] = (),
-        exclude: Sequence[str] = (),
         cleanup: str = "full",
         progress: ProgressCallback | None = None,
+        also: Sequence[str] = (),
     ) -> IngestReport:
-        from connectors.filesystem import walk
-
+        """Bring the store in line with ``source``. ``also`` names recorded items to read
+        again although the source does not list them (a rebuild of a damaged store)."""
         if cleanup not in CLEANUP_MODES:
-            raise RagError(
+            raise ConfigError(
                 f"unknown cleanup mode {cleanup!r}; choose from {', '.join(CLEANUP_MODES)}"
             )
         started = time.perf_counter()
         report = IngestReport()
         known = self.records.sources()
-        roots = [Path(p).expanduser().absolute() for p in paths]
         seen: set[str] = set()
-        todo: list[tuple[FileRef, SourceRecord | None]] = []
-        walk_failures: list[Failure] = []
-        for item in walk(
-            list(paths), include=include, exclude=exclude, max_bytes=self.max_file_bytes
-        ):
+        todo: list[tuple[SourceItem, SourceRecord | None]] = []
+        for item in self._items(source, also):
             if isinstance(item, Failure):
-                walk_failures.append(item)
+                report.failed.append(item)
                 continue
-            source = str(item.path)
-            seen.add(source)
-            record = known.get(source)
+            if item.id in seen:
+                continue
+            seen.add(item.id)
+            record = known.get(item.id)
             if (
                 not self.rechunk
                 and record is not None
@@ -179,18 +175,17 @@ class Ingestor:
                 report.unchanged += 1
                 continue
             todo.append((item, record))
-        report.failed.extend(walk_failures)
         report.files = len(seen)
 
         if todo:
-            self._process(todo, report, progress)
+            self._process(source, todo, report, progress)
 
         if cleanup == "full":
-            keep = [Path(f.source) for f in report.failed]
+            failed = [f.source for f in report.failed]
             gone = [
                 r
                 for s, r in known.items()
-                if s not in seen and _under(s, roots) and not _under(s, keep)
+                if s not in seen and source.covers(s) and not _within(s, failed)
             ]
             self._remove(gone, report)
         # Sources left pending by an interrupted run that this run did not touch: make the
@@ -200,11 +195,20 @@ class Ingestor:
         report.seconds = time.perf_counter() - started
         return report
 
+    @staticmethod
+    def _items(source: Source, also: Sequence[str]) -> Iterable[SourceItem | Failure]:
+        yield from source.scan()
+        for source_id in also:
+            item = source.locate(source_id)
+            if item is not None:
+                yield item
+
     # --- stages ------------------------------------------------------------------------------
 
     def _process(
         self,
-        todo: list[tuple[FileRef, SourceRecord | None]],
+        source: Source,
+        todo: list[tuple[SourceItem, SourceRecord | None]],
         report: IngestReport,
         progress: ProgressCallback | None,
     ) -> None:
@@ -225,7 +229,7 @@ class Ingestor:
                 for ref, record in todo:
                     if stop.is_set():
                         break
-                    loaded_q.put(self._load(ref, record))
+                    loaded_q.put(self._load(source, ref, record))
             except BaseException as e:  # surfaced in the calling thread
                 errors.append(e)
             finally:
@@ -269,7 +273,7 @@ class Ingestor:
                     state.files_done += 1
                     continue
                 assert loaded.chunks is not None
-                pending[str(loaded.ref.path)] = _Pending(
+                pending[loaded.ref.id] = _Pending(
                     loaded, [c.id for c in loaded.chunks], len(loaded.chunks)
                 )
                 batch.extend(loaded.chunks)
@@ -290,12 +294,10 @@ class Ingestor:
         if errors:
             raise errors[0]
 
-    def _load(self, ref: FileRef, record: SourceRecord | None) -> _Loaded:
-        from connectors.filesystem import load
-
+    def _load(self, source: Source, ref: SourceItem, record: SourceRecord | None) -> _Loaded:
         out = _Loaded(ref, record)
         try:
-            docs = load(ref)
+            docs = source.load(ref)
             out.content_hash = str(docs[0].metadata.get("content_hash", "")) if docs else ""
             if self._same_content(out):
                 return out
@@ -304,9 +306,9 @@ class Ingestor:
                 raise IngestError("no text to index")
             out.chunks = chunks
         except IngestError as e:
-            out.failure = Failure(str(ref.path), str(e))
+            out.failure = Failure(ref.id, str(e))
         except OSError as e:
-            out.failure = Failure(str(ref.path), e.strerror or str(e))
+            out.failure = Failure(ref.id, e.strerror or str(e))
         return out
 
     def _same_content(self, loaded: _Loaded) -> bool:
@@ -322,7 +324,7 @@ class Ingestor:
     def _unchanged(self, loaded: _Loaded) -> bool:
         if loaded.chunks is None and self._same_content(loaded):
             # Same bytes, new file times: remember the times, touch nothing else.
-            self.records.touch(str(loaded.ref.path), size=loaded.ref.size, mtime=loaded.ref.mtime)
+            self.records.touch(loaded.ref.id, size=loaded.ref.size, mtime=loaded.ref.mtime)
             return True
         return False
 
@@ -330,36 +332,19 @@ class Ingestor:
         self, batch: list[Chunk], finished: list[_Loaded], report: IngestReport, state: Progress
     ) -> tuple[list[Chunk], np.ndarray, list[_Loaded]]:
         texts = [c.text for c in batch]
-        vectors = np.empty((len(texts), self.embedder.dim), dtype=np.float32)
-        hashes = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
-        hits = self.cache.lookup(hashes) if self.cache is not None else {}
-        missing = [i for i, h in enumerate(hashes) if h not in hits]
-        for i, h in enumerate(hashes):
-            if h in hits:
-                vectors[i] = np.frombuffer(hits[h], dtype=np.float32)
-        if missing:
+        if self.cache is None:
             t0 = time.perf_counter()
-            # Identical texts within the batch are embedded once.
-            unique: dict[bytes, int] = {}
-            for i in missing:
-                unique.setdefault(hashes[i], i)
-            order = list(unique.values())
-            fresh = self.embedder.embed([texts[i] for i in order])
-            by_hash = {hashes[i]: fresh[j] for j, i in enumerate(order)}
-            for i in missing:
-                vectors[i] = by_hash[hashes[i]]
-            elapsed = time.perf_counter() - t0
-            report.embed_seconds += elapsed
-            state.embed_seconds += elapsed
-            if self.cache is not None:
-                self.cache.store(
-                    [hashes[i] for i in order], [fresh[j].tobytes() for j in range(len(order))]
-                )
-            report.embedded += len(order)
-            state.embedded += len(order)
-        report.cached += len(texts) - len(missing)
+            vectors = self.embedder.embed(texts)
+            got = CachedVectors(vectors, len(texts), 0, time.perf_counter() - t0)
+        else:
+            got = self.cache.embed(texts, self.embedder.embed)
+        report.embed_seconds += got.seconds
+        state.embed_seconds += got.seconds
+        report.embedded += got.embedded
+        state.embedded += got.embedded
+        report.cached += got.cached
         state.chunks += len(texts)
-        return batch, vectors, finished
+        return batch, got.vectors, finished
 
     def _write(
         self,
@@ -371,9 +356,7 @@ class Ingestor:
     ) -> None:
         # 1. Name every id about to be written, before writing it.
         intents = [
-            SourceRecord(
-                str(item.ref.path), "", 0, 0.0, pending_ids=pending[str(item.ref.path)].ids
-            )
+            SourceRecord(item.ref.id, "", 0, 0.0, pending_ids=pending[item.ref.id].ids)
             for item in finished
         ]
         if intents:
@@ -386,7 +369,7 @@ class Ingestor:
         done: list[SourceRecord] = []
         stale: set[str] = set()
         for loaded in finished:
-            source = str(loaded.ref.path)
+            source = loaded.ref.id
             p = pending.pop(source)
             previous = self.records.get(source)
             new_ids = set(p.ids)
@@ -429,9 +412,7 @@ class Ingestor:
                 self.records.remove([r.source])
 
 
-def _under(source: str, roots: Sequence[Path]) -> bool:
-    for root in roots:
-        r = str(root)
-        if source == r or source.startswith(r.rstrip(os.sep) + os.sep):
-            return True
-    return False
+def _within(source_id: str, prefixes: Sequence[str]) -> bool:
+    """Whether ``source_id`` is one of ``prefixes`` or lies below one (``a/b`` is below
+    ``a``): a folder or site that could not be listed keeps what was recorded under it."""
+    return any(source_id == p or source_id.startswith(p.rstrip("/") + "/") for p in prefixes)

@@ -7,9 +7,11 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from rag.collection import Collection, Manifest, collection_dir
+from rag import plugins
+from rag.collection import Collection
 from rag.config import Settings
 from rag.errors import CollectionNotFoundError, StoreError
+from rag.manifest import Manifest, collection_dir
 
 
 def migrate(
@@ -21,14 +23,17 @@ def migrate(
     batch_size: int = 1000,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Copy ``settings.collection`` from ``source_store`` to ``target_store``: vectors, texts,
-    metadata and the ingest record, in batches. The target ends up with exactly the source's
-    chunks (extra ones are removed), and the counts are verified."""
+    """Copy ``settings.collection`` from ``source_store`` (at ``settings.store_url``, or its
+    embedded engine) to ``target_store`` (at ``target_url``, with ``settings.store_options``):
+    vectors, texts, metadata and the ingest record, in batches. The target ends up with
+    exactly the source's chunks (extra ones are removed), and the counts are verified."""
+    for name in (source_store, target_store):
+        plugins.get("stores", name)  # a known store, before its name becomes a folder
     if source_store == target_store and target_url == settings.store_url:
         raise StoreError("source and target are the same store; name another with --to or --to-url")
     started = time.perf_counter()
-    src_settings = settings.with_(store=source_store)
-    dst_settings = replace(settings.with_(store=target_store), store_url=target_url)
+    src_settings = replace(settings, store=source_store, store_options={})
+    dst_settings = replace(settings, store=target_store, store_url=target_url)
     src = Collection(src_settings)
     if src.manifest is None:
         raise CollectionNotFoundError(

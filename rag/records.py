@@ -8,12 +8,15 @@ and the next ingest can finish or undo the interrupted work: no duplicates, no o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 
 @dataclass(slots=True)
@@ -204,5 +207,41 @@ class EmbeddingCache:
         self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", rows)
         self._db.execute("COMMIT")
 
+    def embed(
+        self, texts: Sequence[str], embed: Callable[[list[str]], np.ndarray]
+    ) -> CachedVectors:
+        """Vectors for ``texts``: stored ones from the cache, the rest from ``embed`` (each
+        distinct text once), which are then stored."""
+        hashes = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
+        found = self.lookup(hashes)
+        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
+        missing: dict[bytes, list[int]] = {}
+        for i, h in enumerate(hashes):
+            if h in found:
+                vectors[i] = np.frombuffer(found[h], dtype=np.float32)
+            else:
+                missing.setdefault(h, []).append(i)
+        seconds = 0.0
+        if missing:
+            t0 = time.perf_counter()
+            fresh = np.asarray(embed([texts[rows[0]] for rows in missing.values()]))
+            seconds = time.perf_counter() - t0
+            for j, rows in enumerate(missing.values()):
+                vectors[rows] = fresh[j]
+            self.store(list(missing), [row.tobytes() for row in fresh])
+        cached = len(texts) - sum(len(rows) for rows in missing.values())
+        return CachedVectors(vectors, embedded=len(missing), cached=cached, seconds=seconds)
+
     def close(self) -> None:
         self._db.close()
+
+
+@dataclass(frozen=True, slots=True)
+class CachedVectors:
+    """What :meth:`EmbeddingCache.embed` returns: the vectors, how many texts the model
+    embedded, how many came from the cache, and the seconds the model took."""
+
+    vectors: np.ndarray
+    embedded: int
+    cached: int
+    seconds: float

@@ -19,7 +19,8 @@ import pytest
 import connectors.filesystem as fs
 from connectors import IGNORED_DIRS, SUPPORTED_SUFFIXES, FileRef, load, walk
 from connectors.filesystem import _glob_regex, human_size
-from connectors.parsers import PARSERS, normalize_text
+from connectors.formats import PARSERS
+from connectors.parsers import normalize_text
 from rag.errors import IngestError
 from rag.types import Document, Failure
 from tests.fixtures_docs import encrypted_pdf_bytes, pdf_bytes, write_docx, write_pdf

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from rag import plugins
 from rag.config import Settings
 from tests.test_indexing import BACKENDS, snapshot
-from vectorstores.registry import get_backend
 
 SEEDS = [11, 23, 37]
 FILES = 300
@@ -50,7 +50,7 @@ def env_for(data_dir: Path, store: str) -> dict[str, str]:
 
 def ingest(env: dict[str, str], folder: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "rag.cli", "ingest", str(folder), "--json"],
+        [sys.executable, "-m", "apps.cli", "ingest", str(folder), "--json"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -72,7 +72,7 @@ def settings_for(data_dir: Path, store: str) -> Settings:
 @pytest.mark.slow
 @pytest.mark.parametrize("store", BACKENDS)
 def test_sigkill_then_rerun_equals_clean_ingest(store: str, tmp_path: Path) -> None:
-    if get_backend(store).missing():
+    if plugins.get("stores", store).missing():
         pytest.skip(f"{store} is not installed")
     folder = tmp_path / "docs"
     make_folder(folder)

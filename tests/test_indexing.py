@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rag import plugins
 from rag.collection import open_collection
 from rag.config import Settings
 from rag.errors import LockedError
-from vectorstores.registry import get_backend
 
 BACKENDS = ["faiss", "chroma", "qdrant", "pgvector"]
 
@@ -68,7 +68,7 @@ def write_corpus(folder: Path, n: int = 8) -> None:
 
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest) -> str:
-    missing = get_backend(request.param).missing()
+    missing = plugins.get("stores", request.param).missing()
     if missing:
         if os.environ.get("CI"):
             pytest.fail(f"{request.param}: {missing[0]} is not installed")
