@@ -442,8 +442,8 @@ def test_budget_kills_a_job_and_larger_sizes_are_skipped(tmp_path: Path) -> None
 
 def test_faiss_ivf_trains_at_39_per_list(tmp_path: Path) -> None:
     from rag.filters import parse
+    from rag.store import StoreConfig
     from rag.types import Chunk
-    from vectorstores.base import StoreConfig
     from vectorstores.faiss import FaissStore
 
     x = bench_data.synthetic_block(0, 400, dim=16, clusters=8, seed=2)

@@ -15,7 +15,7 @@ import pytest
 
 from tests.fixtures_docs import write_docx, write_pdf
 
-RAG = [sys.executable, "-m", "rag.cli"]
+RAG = [sys.executable, "-m", "apps.cli"]
 
 
 def rag(
@@ -165,7 +165,7 @@ def test_errors_are_one_line_with_exit_codes(hashing_env: dict, tmp_path: Path) 
 
 def test_stores_lists_every_backend(hashing_env: dict) -> None:
     out = json.loads(rag(hashing_env, "stores", "--json").stdout)["stores"]
-    assert [s["name"] for s in out][:4] == ["faiss", "chroma", "qdrant", "pgvector"]
+    assert {"faiss", "chroma", "qdrant", "pgvector"} <= {s["name"] for s in out}
     assert all(s["installed"] for s in out)
 
 

@@ -34,7 +34,7 @@ def cli(
 ) -> subprocess.CompletedProcess:
     full = dict(os.environ, RAG_DATA_DIR=str(data_dir), **(env or {}))
     proc = subprocess.run(
-        [sys.executable, "-m", "rag.cli", *args],
+        [sys.executable, "-m", "apps.cli", *args],
         env=full,
         capture_output=True,
         text=True,

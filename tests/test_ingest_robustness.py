@@ -16,7 +16,7 @@ import pytest
 
 from tests.fixtures_docs import encrypted_pdf_bytes, pdf_bytes
 
-RAG = [sys.executable, "-m", "rag.cli"]
+RAG = [sys.executable, "-m", "apps.cli"]
 
 
 def rag(env: dict[str, str], *args: str, timeout: int = 300) -> subprocess.CompletedProcess:

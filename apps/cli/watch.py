@@ -25,6 +25,7 @@ def watch(
     *,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    cleanup: str = "full",
     as_json: bool = False,
     quiet: bool = False,
     max_rounds: int | None = None,
@@ -37,7 +38,7 @@ def watch(
 
     def run() -> None:
         nonlocal rounds
-        report = collection.ingest(paths, include=include, exclude=exclude)
+        report = collection.ingest(paths, include=include, exclude=exclude, cleanup=cleanup)
         rounds += 1
         out = report.to_json()
         if as_json:

@@ -1,8 +1,7 @@
 """``rag ui``: start the chat UI (a Streamlit server) on this machine.
 
-Registered on the ``rag`` command by :func:`add_ui_command`; :func:`cmd_ui` runs
-``python -m streamlit run apps/app.py`` on a loopback address by default, headless, with
-usage statistics off, and hands ragkit's options to the app as script arguments.
+Runs ``python -m streamlit run apps/ui/app.py`` on a loopback address by default, headless,
+with usage statistics off, and hands ragkit's options to the app as script arguments.
 """
 
 from __future__ import annotations
@@ -14,22 +13,20 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-APP = Path(__file__).resolve().parent / "app.py"
+from rag.commands import Command, add_collection_options
+from rag.errors import ConfigError, MissingDependencyError
+
+APP = Path(__file__).resolve().parent.parent / "ui" / "app.py"
 DEFAULT_PORT = 8501
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_UPLOAD_MB = 50.0
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def add_ui_command(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Register ``rag ui`` on ``sub`` (the main parser's subparsers); ``common`` adds
-    ragkit's common options (--data-dir, --collection, --store, ...)."""
-    p = sub.add_parser("ui", help="the chat UI in your browser (Streamlit)")
-    common(p)
+def _configure(p: argparse.ArgumentParser) -> None:
+    add_collection_options(p, json_output=False)
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
     p.add_argument(
         "--host",
@@ -43,13 +40,10 @@ def add_ui_command(sub: Any, common: Callable[[argparse.ArgumentParser], None]) 
         default=DEFAULT_MAX_UPLOAD_MB,
         help=f"largest file accepted by the upload form (default {DEFAULT_MAX_UPLOAD_MB:g})",
     )
-    p.set_defaults(handler=cmd_ui)
 
 
 def build_command(args: argparse.Namespace) -> list[str]:
-    """The ``streamlit run`` command line for ``args`` (see :func:`cmd_ui`)."""
-    from rag.errors import ConfigError
-
+    """The ``streamlit run`` command line for ``args`` (see :func:`run`)."""
     port = int(getattr(args, "port", DEFAULT_PORT))
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {port}")
@@ -83,10 +77,8 @@ def build_command(args: argparse.Namespace) -> list[str]:
     return cmd
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run the Streamlit server until it exits or Ctrl-C; returns its exit status."""
-    from rag.errors import MissingDependencyError
-
     if importlib.util.find_spec("streamlit") is None:
         raise MissingDependencyError("the chat UI", "streamlit", "ui")
     cmd = build_command(args)
@@ -124,22 +116,4 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m apps.cli [options]``: ``rag ui`` before it is wired into ``rag``."""
-    parser = argparse.ArgumentParser(prog="rag")
-    sub = parser.add_subparsers(dest="command")
-    from rag.cli import _common
-
-    add_ui_command(sub, _common)
-    args = parser.parse_args(["ui", *(sys.argv[1:] if argv is None else argv)])
-    from rag.errors import RagError
-
-    try:
-        return args.handler(args)
-    except RagError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+command = Command(help="the chat UI in your browser (Streamlit)", configure=_configure, run=run)

@@ -1,0 +1,156 @@
+"""``rag ingest``: bring a collection in line with files and folders (or another source)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from rag import plugins
+from rag.commands import (
+    EXIT_PARTIAL,
+    Command,
+    add_collection_options,
+    add_embedding_options,
+    display_path,
+    emit,
+    settings_from_args,
+    wants_json,
+)
+from rag.errors import ConfigError
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    add_collection_options(p)
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="files and folders (or the source's targets)"
+    )
+    p.add_argument(
+        "--source",
+        choices=plugins.names("sources"),
+        default="filesystem",
+        help="the source plugin that reads PATH (default filesystem)",
+    )
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only files matching (repeatable)",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip files matching (repeatable)",
+    )
+    p.add_argument(
+        "--cleanup",
+        choices=("full", "per-source", "none"),
+        default="full",
+        help="full (default): also remove files gone from PATH; per-source: only replace "
+        "changed files; none: only add",
+    )
+    p.add_argument("--chunk-size", type=int, default=None, help="tokens per chunk (default 200)")
+    p.add_argument(
+        "--chunk-overlap", type=int, default=None, help="tokens shared by neighbours (default 32)"
+    )
+    add_embedding_options(p)
+    p.add_argument("--max-file-mb", type=float, default=None, help="skip larger files (default 50)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep the collection in sync as files change (filesystem source only)",
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rag.collection import open_collection
+
+    settings = settings_from_args(args)
+    as_json = wants_json(args)
+    show = not (args.quiet or as_json) and sys.stderr.isatty()
+    if args.watch and args.source != "filesystem":
+        raise ConfigError("--watch follows files and folders: it needs --source filesystem")
+    with open_collection(settings, create=True) as col:
+        if args.watch:
+            from apps.cli.watch import watch
+
+            return watch(
+                col,
+                args.paths,
+                include=args.include,
+                exclude=args.exclude,
+                cleanup=args.cleanup,
+                as_json=as_json,
+                quiet=args.quiet,
+            )
+        bar = ProgressBar() if show else None
+        try:
+            report = col.ingest(
+                args.paths,
+                source=args.source,
+                include=args.include,
+                exclude=args.exclude,
+                cleanup=args.cleanup,
+                progress=bar,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        out = report.to_json()
+        out["collection"] = col.name
+        out["store"] = settings.store
+        if as_json:
+            emit(out)
+        else:
+            _print_report(out)
+    return EXIT_PARTIAL if report.failed else 0
+
+
+def _print_report(r: dict) -> None:
+    print(
+        f"{r['collection']} ({r['store']}): {r['files']} files — {r['added']} added, "
+        f"{r['updated']} updated, {r['unchanged']} unchanged, {r['deleted']} removed; "
+        f"{r['chunks']} chunks written, {r['embedded']} texts embedded, "
+        f"{r['total_chunks']} chunks in all ({r['seconds']:.1f} s)"
+    )
+    for f in r["failed"]:
+        print(f"  failed: {display_path(f['path'])}: {f['reason']}", file=sys.stderr)
+
+
+class ProgressBar:
+    """A tqdm bar over files, showing chunks and embedding throughput."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def __call__(self, p: Any) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(
+                total=p.files_total,
+                unit="file",
+                desc="ingest",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                leave=False,
+            )
+        self._bar.n = p.files_done
+        rate = p.embedded / p.embed_seconds if p.embed_seconds > 0 else 0.0
+        self._bar.set_postfix_str(
+            f"{p.chunks} chunks, {rate:.0f} texts/s" + (f", {p.failed} failed" if p.failed else "")
+        )
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+command = Command(
+    help="add a folder or files to a collection (incremental)", configure=_configure, run=_run
+)

@@ -1,0 +1,164 @@
+"""``rag search``, ``rag ask`` and ``rag chat``: questions to a collection."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from rag.commands import (
+    Command,
+    add_collection_options,
+    add_generation_options,
+    add_retrieval_options,
+    display_path,
+    emit,
+    settings_from_args,
+    wants_json,
+)
+
+
+def _where(meta: dict) -> str:
+    parts = []
+    if "page" in meta:
+        parts.append(f"page {meta['page']}")
+    if meta.get("heading"):
+        parts.append(str(meta["heading"]))
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+# --- rag search --------------------------------------------------------------------------------
+
+
+def _configure_search(p: argparse.ArgumentParser) -> None:
+    add_collection_options(p)
+    p.add_argument("query")
+    add_retrieval_options(p)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from rag.collection import open_collection
+
+    with open_collection(settings_from_args(args)) as col:
+        hits = col.search(args.query, where=args.where, mmr=args.mmr)
+    if wants_json(args):
+        emit({"query": args.query, "hits": [h.to_json() for h in hits]})
+        return 0
+    if not hits:
+        print("no matching passages")
+    for n, h in enumerate(hits, 1):
+        print(f"[{n}] {h.score:.3f}  {display_path(h.chunk.source)}{_where(h.chunk.metadata)}")
+        text = " ".join(h.chunk.text.split())
+        print(f"    {text[:300]}{'…' if len(text) > 300 else ''}")
+    return 0
+
+
+search = Command(
+    help="the passages that best match a query", configure=_configure_search, run=_run_search
+)
+
+
+# --- rag ask -----------------------------------------------------------------------------------
+
+
+def _configure_ask(p: argparse.ArgumentParser) -> None:
+    add_collection_options(p)
+    p.add_argument("question")
+    add_retrieval_options(p)
+    add_generation_options(p)
+
+
+def _run_ask(args: argparse.Namespace) -> int:
+    from rag.collection import open_collection
+
+    as_json = wants_json(args)
+    with open_collection(settings_from_args(args)) as col:
+        stream = None if as_json else _stdout_token
+        result = col.ask(args.question, where=args.where, mmr=args.mmr, on_token=stream)
+    if as_json:
+        emit(result.to_json())
+        return 0
+    print()
+    _print_sources(result)
+    return 0
+
+
+ask = Command(
+    help="answer a question from the collection, with citations",
+    configure=_configure_ask,
+    run=_run_ask,
+)
+
+
+def _stdout_token(token: str) -> None:
+    sys.stdout.write(token)
+    sys.stdout.flush()
+
+
+def _print_sources(result: Any) -> None:
+    if result.attributed:
+        print(f"\n(The model cited no passage; ragkit matched the answer to them: {result.text})")
+    if result.sources:
+        print("\nSources:")
+        for n, h in enumerate(result.sources, 1):
+            mark = "*" if n in result.citations else " "
+            print(f" {mark}[{n}] {display_path(h.chunk.source)}{_where(h.chunk.metadata)}")
+    t = result.timings
+    print(
+        f"\n— {result.generator}: {result.model} (retrieval {t.get('retrieve', 0):.2f} s, "
+        f"generation {t.get('generate', 0):.2f} s)"
+    )
+
+
+# --- rag chat ----------------------------------------------------------------------------------
+
+
+def _configure_chat(p: argparse.ArgumentParser) -> None:
+    add_collection_options(p, json_output=False)
+    add_retrieval_options(p)
+    add_generation_options(p)
+
+
+def _run_chat(args: argparse.Namespace) -> int:
+    from rag.collection import open_collection
+    from rag.generation import load_generator
+
+    settings = settings_from_args(args)
+    history: list[tuple[str, str]] = []
+    with open_collection(settings) as col:
+        gen = load_generator(settings, embed=col.embedder.embed)
+        print(
+            f"Chatting with {col.name!r} ({gen.name}: {gen.model}). "
+            "/new starts over, /exit or Ctrl-D leaves."
+        )
+        while True:
+            try:
+                question = input("\nyou> ").strip()
+            except EOFError:
+                print()
+                return 0
+            if not question:
+                continue
+            if question in ("/exit", "/quit"):
+                return 0
+            if question == "/new":
+                history.clear()
+                print("(new conversation)")
+                continue
+            sys.stdout.write("rag> ")
+            result = col.ask(
+                question,
+                where=args.where,
+                mmr=args.mmr,
+                history=history,
+                generator=gen,
+                on_token=_stdout_token,
+            )
+            print()
+            if result.query != question:
+                print(f"(searched for: {result.query})")
+            _print_sources(result)
+            history.append((question, result.text))
+
+
+chat = Command(help="a conversation in the terminal", configure=_configure_chat, run=_run_chat)
