@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,12 +21,12 @@ pytest.importorskip("streamlit")
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from apps import state
-from apps.uploads import UploadError, safe_name, save_uploads, upload_dir
+from apps.ui import state
+from apps.ui.uploads import UploadError, safe_name, save_uploads, upload_dir
 from tests.chat_server import ChatServer
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "apps" / "app.py")
+APP = str(ROOT / "apps" / "ui" / "app.py")
 QUESTION = "What is the default vector store?"
 SUFFIXES = [".md", ".txt", ".pdf"]
 
@@ -174,6 +174,86 @@ def test_generator_picker_uses_the_endpoint_and_never_sends_the_key_elsewhere(
         assert request.headers.get("authorization") == "Bearer sk-from-the-environment"
 
 
+def test_key_goes_to_says_what_the_openai_generator_does(monkeypatch: pytest.MonkeyPatch):
+    """The sidebar's caption and the generator it builds agree on where the key goes."""
+    from rag import Settings
+    from rag.generation import load_generator
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
+    settings = Settings(generator="openai", llm_model="test-model")
+    with ChatServer(reply="ok [1].") as configured, ChatServer(reply="ok [1].") as other:
+        monkeypatch.setenv("OPENAI_BASE_URL", configured.base_url)
+        for typed, server in [
+            (None, configured),
+            (configured.base_url, configured),
+            (configured.base_url + "/", configured),
+            (other.base_url, other),
+        ]:
+            gen = load_generator(settings, base_url=typed)
+            assert "".join(gen.chat([{"role": "user", "content": "hi"}])) == "ok [1]."
+            sent = server.chat_requests[-1].headers.get("authorization", "")
+            assert state.key_goes_to(typed) == ("sk-from-the-environment" in sent), typed
+        assert not state.key_goes_to(other.base_url)
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    assert state.key_goes_to(None) and state.key_goes_to("https://api.openai.com/v1/")
+    assert not state.key_goes_to("http://127.0.0.1:8080/v1")
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert not state.key_goes_to(None)
+
+
+def test_generators_are_loaded_once_and_rebuilt_when_their_settings_change(ingested: Path):
+    settings = state.settings_for(state.Choice("default", "faiss", generator="extractive"))
+    col = state.collection(settings)
+    gen = state.generator(settings, col, None)
+    assert gen.name == "extractive"
+    # Retrieval settings are not the generator's: the loaded one is reused.
+    assert state.generator(settings.with_(k=2, mode="bm25"), col, "") is gen
+    assert state.generator(settings.with_(max_tokens=99), col, None) is not gen
+
+
+def echo_generator(ctx: Any) -> Any:
+    """A third-party generator plugin (``ragkit.generators`` entry point) for the picker."""
+
+    class Echo:
+        name = "echo"
+        model = "echo-1"
+
+        def stream(self, question: str, sources: Any, *, history: Any = ()) -> Iterator[str]:
+            yield f"You asked: {question} [1]"
+
+        def rewrite_question(self, question: str, history: Any) -> str:
+            return question
+
+    return Echo()
+
+
+def test_generator_picker_offers_every_generator_plugin(
+    ingested: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import importlib.metadata as md
+
+    from rag import plugins
+
+    installed = [ep for group in plugins.GROUPS.values() for ep in md.entry_points(group=group)]
+    echo = md.EntryPoint("echo", f"{__name__}:echo_generator", "ragkit.generators")
+    monkeypatch.setattr(plugins, "_REGISTRY", plugins.Registry(md.EntryPoints([*installed, echo])))
+    at = app()
+    picker = at.sidebar.selectbox(key="generator")
+    assert picker.options == [
+        "auto (local)",
+        "echo",  # a plugin's generator shows its name
+        "extractive (no LLM)",
+        "local model (in process)",
+        "OpenAI-compatible endpoint",
+    ]
+    picker.set_value("echo").run()
+    at.chat_input[0].set_value(QUESTION).run()
+    no_exceptions(at)
+    (rec,) = answers(at)
+    assert (rec["generator"], rec["model"]) == ("echo", "echo-1")
+    assert rec["text"] == f"You asked: {QUESTION} [1]" and rec["citations"] == [1]
+
+
 def test_errors_are_messages_not_tracebacks(ingested: Path, monkeypatch: pytest.MonkeyPatch):
     # The collection was built with hashing-384; opening it with another model is an error
     # that says what to do.
@@ -293,7 +373,7 @@ def test_insight_shows_eval_results_and_bench_reports(
     )
     run = work / "eval" / "runs" / "r1"
     run.mkdir(parents=True)
-    png = ROOT / ".venv/lib/python3.11/site-packages/streamlit/static/favicon.png"
+    png = Path(st.__file__).parent / "static" / "favicon.png"
     if not png.exists():
         pytest.skip("no PNG to stand in for a plot")
     (run / "plot.png").write_bytes(png.read_bytes())
@@ -377,42 +457,47 @@ def test_collisions_get_unique_names_and_identical_files_are_not_duplicated(tmp_
 
 
 def test_ui_command_runs_streamlit_headless_on_loopback(tmp_path: Path):
-    from apps.cli import add_ui_command, build_command, cmd_ui
-    from rag.cli import _common
+    """``rag ui``'s options reach the app: its ``streamlit run`` command line, as the app
+    parses it."""
+    from apps.cli.ui import build_command, command
+    from rag.errors import ConfigError
 
-    parser = argparse.ArgumentParser(prog="rag")
-    add_ui_command(parser.add_subparsers(dest="command"), _common)
+    parser = argparse.ArgumentParser(prog="rag ui")
+    command.configure(parser)
     args = parser.parse_args(
-        ["ui", "--data-dir", str(tmp_path), "--store", "chroma", "--max-upload-mb", "2.5"]
-    )
-    assert args.handler is cmd_ui and args.port == 8501 and args.host == "127.0.0.1"
+        ["--data-dir", str(tmp_path), "--collection", "notes", "--store", "qdrant",
+         "--store-url", "http://127.0.0.1:6333", "--store-opt", "on_disk=true",
+         "--max-upload-mb", "2.5"]
+    )  # fmt: skip
+    assert args.port == 8501 and args.host == "127.0.0.1"
     cmd = build_command(args)
     flags = dict(itertools.pairwise(cmd))
-    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith(
-        os.path.join("apps", "app.py")
-    )
+    assert cmd[1:5] == ["-m", "streamlit", "run", APP] and Path(APP).is_file()
     assert flags["--server.address"] == "127.0.0.1" and flags["--server.port"] == "8501"
     assert flags["--server.headless"] == "true"
     assert flags["--browser.gatherUsageStats"] == "false"
     assert flags["--server.maxUploadSize"] == "3"
     script_args = cmd[cmd.index("--") + 1 :]
     assert state.parse_launch_args(script_args) == state.LaunchOptions(
-        data_dir=str(tmp_path.absolute()), store="chroma", max_upload_mb=2.5
+        data_dir=str(tmp_path.absolute()),
+        collection="notes",
+        store="qdrant",
+        store_url="http://127.0.0.1:6333",
+        store_options=(("on_disk", "true"),),
+        max_upload_mb=2.5,
     )
 
-    from rag.errors import ConfigError
-
     with pytest.raises(ConfigError):
-        build_command(parser.parse_args(["ui", "--max-upload-mb", "0"]))
+        build_command(parser.parse_args(["--max-upload-mb", "0"]))
     with pytest.raises(ConfigError):
-        build_command(parser.parse_args(["ui", "--port", "70000"]))
+        build_command(parser.parse_args(["--port", "70000"]))
 
 
 # --- rendering helpers ------------------------------------------------------------------------
 
 
 def test_citations_become_links_and_passages_cannot_break_out():
-    from apps.chat import linked_text, passage_markdown
+    from apps.ui.chat import linked_text, passage_markdown
 
     md = linked_text("FAISS [1, 2] costs $0 <b>[9]</b>", 3, "a1")
     assert md.startswith("FAISS [\\[1\\]](#cite-a1-1)[\\[2\\]](#cite-a1-2)")
@@ -423,7 +508,7 @@ def test_citations_become_links_and_passages_cannot_break_out():
 
 
 def test_tokens_are_painted_as_they_stream(monkeypatch: pytest.MonkeyPatch):
-    from apps import chat
+    from apps.ui import chat
 
     painted: list[str] = []
 

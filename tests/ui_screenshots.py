@@ -83,13 +83,13 @@ def run_ui(
     data_dir: Path, *, env: dict[str, str] | None = None, log: Path | None = None,
     startup_timeout: float = 90.0,
 ) -> Iterator[str]:  # fmt: skip
-    """``rag ui`` (through :func:`apps.cli.cmd_ui`) on a free loopback port; yields its URL."""
+    """``rag ui`` (``python -m apps.cli ui``) on a free loopback port; yields its URL."""
     port = free_port()
     full_env = dict(os.environ)
     full_env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
     full_env.update(env or {})
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-    cmd = [sys.executable, "-m", "apps.cli", "--data-dir", str(data_dir), "--port", str(port)]
+    cmd = [sys.executable, "-m", "apps.cli", "ui", "--data-dir", str(data_dir), "--port", str(port)]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
     )

@@ -1,7 +1,7 @@
 """The ingest page: upload files or name a folder on the server, watch the progress, see
 what failed and why, and the collection's numbers.
 
-Run as a page by ``apps/app.py`` (``st.navigation``); the helpers are importable.
+Run as a page by ``apps/ui/app.py`` (``st.navigation``); the helpers are importable.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import streamlit as st
 
-from apps import state
-from apps.uploads import SaveResult, save_uploads, upload_dir
+from apps.ui import state
+from apps.ui.uploads import SaveResult, save_uploads, upload_dir
 from rag.collection import Collection
 
 #: Seconds between two repaints of the progress bar.
@@ -175,7 +175,7 @@ def show_outcome(data_dir: Path) -> None:
 
 def _display(path: str, data_dir: Path) -> str:
     """Uploads relative to the data directory, other files as the chat shows them."""
-    from apps.chat import display_path
+    from apps.ui.chat import display_path
 
     p = Path(path)
     root = data_dir.resolve()

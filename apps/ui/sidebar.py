@@ -6,14 +6,16 @@ import os
 
 import streamlit as st
 
-from apps import state
-from rag import list_collections
+from apps.ui import state
+from rag import list_collections, plugins
 from rag.config import RETRIEVAL_MODES
 from rag.errors import RagError
+from rag.generation import resolve_generator_name
+from rag.generation.openai_compat import OPENAI_URL
 
 NEW = "+ New collection…"
-GENERATORS = {
-    "auto": "auto",
+#: How ragkit's own generators are shown; a plugin's generator shows its name.
+GENERATOR_LABELS = {
     "local": "local model (in process)",
     "openai": "OpenAI-compatible endpoint",
     "extractive": "extractive (no LLM)",
@@ -21,10 +23,8 @@ GENERATORS = {
 MODE_HELP = "dense: embeddings · bm25: keywords · hybrid: both, fused"
 
 
-def _backends() -> dict[str, bool]:
-    from vectorstores.registry import backends
-
-    return {name: b.installed for name, b in backends().items()}
+def _label(plugin: plugins.Plugin | None, text: str) -> str:
+    return text if plugin is None or plugin.installed else f"{text} (not installed)"
 
 
 def new_chat() -> None:
@@ -41,20 +41,21 @@ def render() -> state.Choice:
 
     # Store: every registered backend; one that is not installed can be picked, and says how
     # to install it, rather than being hidden.
-    installed = _backends()
-    stores = list(installed)
+    store_plugins = plugins.registry().plugins("stores")
+    stores = list(store_plugins)
     if base.store not in stores:
         stores.insert(0, base.store)
     ss.setdefault("store", base.store)
     store = sb.selectbox(
         "Vector store",
         stores,
-        format_func=lambda s: s if installed.get(s, True) else f"{s} (not installed)",
+        format_func=lambda s: _label(store_plugins.get(s), s),
         key="store",
     )
-    store_ok = installed.get(store, True)
-    if not store_ok:
-        sb.warning(f"The {store} store is not installed: `pip install 'ragkit[{store}]'`")
+    store_plugin = store_plugins.get(store)
+    store_ok = store_plugin is None or store_plugin.installed
+    if store_plugin is not None and not store_ok:
+        sb.warning(f"The {store} store is not installed: `{store_plugin.install_hint}`")
 
     # Collection: those in this store, the default one, or a new name.
     try:
@@ -96,26 +97,32 @@ def render() -> state.Choice:
 
     sb.divider()
     sb.subheader("Answers")
-    kinds = list(GENERATORS)
-    try:
-        auto_is = state.resolved_generator(base.with_(generator="auto"))
-    except RagError:
-        auto_is = "local"
+    gen_plugins = plugins.registry().plugins("generators")
+    kinds = ["auto", *gen_plugins]
+    auto_is = resolve_generator_name(base.with_(generator="auto"))
     ss.setdefault("generator", base.generator if base.generator in kinds else "auto")
     gen = sb.selectbox(
         "Generator",
         kinds,
-        format_func=lambda g: f"auto ({auto_is})" if g == "auto" else GENERATORS[g],
+        format_func=lambda g: (
+            f"auto ({auto_is})"
+            if g == "auto"
+            else _label(gen_plugins.get(g), GENERATOR_LABELS.get(g, g))
+        ),
         key="generator",
     )
+    resolved = auto_is if gen == "auto" else gen
+    gen_plugin = gen_plugins.get(resolved)
+    if gen_plugin is not None and not gen_plugin.installed:
+        sb.warning(f"The {resolved} generator is not installed: `{gen_plugin.install_hint}`")
     llm_model = base_url = None
-    if (gen if gen != "auto" else auto_is) == "openai":
+    if resolved == "openai":
         ss.setdefault("base_url", os.environ.get("OPENAI_BASE_URL", ""))
         ss.setdefault("llm_model", base.llm_model or "")
         base_url = (
             sb.text_input(
                 "Endpoint base URL",
-                placeholder=state.OPENAI_DEFAULT_URL,
+                placeholder=OPENAI_URL,
                 key="base_url",
             ).strip()
             or None

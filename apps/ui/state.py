@@ -1,9 +1,10 @@
 """What every page shares: the launch options, the sidebar's choices as ragkit ``Settings``,
 the heavy objects cached once per server process, and error display.
 
-Heavy objects (a collection with its embedder and store, an LLM generator) live in
-``st.cache_resource``, keyed by the settings that decide them, so that reruns and other
-browser sessions reuse them; the local model is loaded once per server process.
+Heavy objects (a collection with its embedder and store, a generator with its model) live
+in ``st.cache_resource``, keyed by the settings that decide them, so that reruns and other
+browser sessions reuse them. Generators are built by :func:`rag.generation.load_generator`
+like everywhere else in ragkit; the sidebar only adds the endpoint typed into it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +25,18 @@ import streamlit as st
 
 from rag import Settings, open_collection
 from rag.collection import Collection, collection_dir
-from rag.errors import ConfigError, RagError
+from rag.config import openai_endpoint
+from rag.errors import RagError
+from rag.generation import Generator, load_generator, resolve_generator_name
+from rag.generation.openai_compat import sends_key
 
 logger = logging.getLogger("rag.ui")
 
-#: Where the app's own files sit; the repository root is its parent.
+#: Where the app's own files sit.
 APP_DIR = Path(__file__).resolve().parent
+#: The repository the app runs from (``apps/ui/`` is two levels below it).
+REPO_DIR = APP_DIR.parents[1]
 DEFAULT_MAX_UPLOAD_MB = 50.0
-#: The OpenAI API, where a key from the environment goes when no base URL is configured.
-OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 
 
 # --- launch options ----------------------------------------------------------------------------
@@ -192,70 +196,52 @@ def is_empty(col: Collection) -> bool:
     return not col.exists or (col.manifest.last_ingest or {}).get("total_chunks", 1) == 0
 
 
-@st.cache_resource(show_spinner="Loading the language model (once per server)…", max_entries=8)
-def _llm(kind: str, model: str | None, base_url: str | None, local_model: str | None,
-         threads: int, max_tokens: int | None, temperature: float) -> Any:  # fmt: skip
-    if kind == "local":
-        from rag.generation import load_generator
-
-        s = Settings(
-            generator="local",
-            local_model=local_model,
-            llm_threads=threads,
-            max_tokens=max_tokens,
-            temperature=temperature,
-        )
-        return load_generator(s)
-    if kind == "openai":
-        # load_generator reads the endpoint from the environment only; the sidebar may name
-        # another one, so the generator is built here. The key from the environment goes
-        # only to the endpoint the environment configures (never to a URL typed in a page).
-        from rag.generation.openai_compat import OpenAIGenerator
-
-        env_url = os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_URL
-        url = base_url or env_url
-        key = os.environ.get("OPENAI_API_KEY") if _same_url(url, env_url) else None
-        return OpenAIGenerator(
-            model,
-            base_url=None if url == OPENAI_DEFAULT_URL else url,
-            api_key=key,
-            max_tokens=max_tokens or 512,
-            temperature=temperature,
-        )
-    raise ConfigError(f"unknown generator {kind!r}")
+#: The settings a generator is built from. Changing another one (k, the mode, the collection)
+#: reuses the generator already loaded.
+GENERATION_FIELDS = (
+    "generator",
+    "llm_model",
+    "local_model",
+    "llm_threads",
+    "max_tokens",
+    "temperature",
+)
 
 
-def _same_url(a: str, b: str) -> bool:
-    return a.rstrip("/") == b.rstrip("/")
+@st.cache_resource(show_spinner="Loading the generator…", max_entries=8)
+def _generator(
+    key: tuple[Any, ...],
+    _settings: Settings,
+    _embed: Callable[[Sequence[str]], Any],
+    base_url: str | None,
+) -> Generator:
+    return load_generator(_settings, embed=_embed, base_url=base_url)
+
+
+def generator(settings: Settings, col: Collection, base_url: str | None) -> Generator:
+    """The generator ``settings.generator`` names ("auto" resolved), built by
+    :func:`rag.generation.load_generator` with ``col``'s embedder and the endpoint typed in
+    the sidebar (``base_url``; the API key from the environment goes only to the endpoint
+    the environment configures). Shared by every session of this server."""
+    settings = settings.with_(generator=resolve_generator_name(settings))
+    base_url = base_url or None
+    key = (
+        tuple(getattr(settings, f) for f in GENERATION_FIELDS),
+        base_url,
+        openai_endpoint()[0],
+        key_goes_to(base_url),
+        # The embedder passed to the generator (the extractive one matches sentences with it).
+        col.embed_model,
+        col.embed_backend,
+    )
+    return _generator(key, settings, col.embedder.embed, base_url)
 
 
 def key_goes_to(base_url: str | None) -> bool:
-    """Whether OPENAI_API_KEY would be sent to ``base_url`` (see :func:`_llm`)."""
-    env_url = os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_URL
-    return bool(os.environ.get("OPENAI_API_KEY")) and _same_url(base_url or env_url, env_url)
-
-
-def generator(settings: Settings, kind: str, col: Collection, base_url: str | None) -> Any:
-    """The generator of ``kind`` (already resolved from "auto")."""
-    if kind == "extractive":
-        from rag.generation import load_generator
-
-        return load_generator(settings.with_(generator="extractive"), embed=col.embedder.embed)
-    return _llm(
-        kind,
-        settings.llm_model,
-        base_url or None,
-        settings.local_model,
-        settings.llm_threads,
-        settings.max_tokens,
-        settings.temperature,
-    )
-
-
-def resolved_generator(settings: Settings) -> str:
-    from rag.generation import resolve_generator_name
-
-    return resolve_generator_name(settings)
+    """Whether OPENAI_API_KEY is sent to ``base_url`` (``None``: the environment's endpoint):
+    only to the endpoint the environment configures, ``OPENAI_BASE_URL`` or else OpenAI's
+    API, as :func:`rag.generation.openai_compat.create` decides."""
+    return sends_key(base_url)
 
 
 # --- errors -------------------------------------------------------------------------------

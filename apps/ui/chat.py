@@ -1,7 +1,7 @@
 """The chat page: a conversation with a collection, answers streamed, every citation a link
 to the passage behind it.
 
-Run as a page by ``apps/app.py`` (``st.navigation``); the helpers are importable.
+Run as a page by ``apps/ui/app.py`` (``st.navigation``); the helpers are importable.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 
 import streamlit as st
 
-from apps import state
+from apps.ui import state
+from rag.generation import resolve_generator_name
 from rag.generation.prompt import citation_spans
 
 #: Seconds between two repaints of a streaming answer.
@@ -198,13 +199,13 @@ def ask(question: str, choice: state.Choice) -> dict[str, Any]:
     """Answer ``question`` in the current chat, streaming into the page."""
     settings = state.settings_for(choice)
     col = state.collection(settings)
-    kind = state.resolved_generator(settings)
+    kind = resolve_generator_name(settings)
     history = _history_pairs(st.session_state.get("messages", []))
     status = st.empty()
     status.caption("Searching and thinking…" if kind != "extractive" else "Searching…")
     placeholder = st.empty()
     try:
-        gen = state.generator(settings, kind, col, choice.base_url)
+        gen = state.generator(settings, col, choice.base_url)
         answer = col.ask(
             question,
             k=choice.k,

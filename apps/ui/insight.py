@@ -5,7 +5,7 @@ Results are looked for in the working directory and in the repository the app ru
 ``eval/results/*.json`` (``rag eval retrieval``), ``eval/runs/*/report.md`` with its PNGs
 (``rag bench``), ``docs/benchmarks.md`` and other PNGs under ``docs/``.
 
-Run as a page by ``apps/app.py`` (``st.navigation``); the helpers are importable.
+Run as a page by ``apps/ui/app.py`` (``st.navigation``); the helpers are importable.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import streamlit as st
 
-from apps import state
+from apps.ui import state
 
 _IMAGE = re.compile(r"^\s*!\[([^\]]*)\]\(([^)\s]+\.png)\)\s*$", re.IGNORECASE)
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
@@ -27,7 +27,7 @@ METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 def roots() -> list[Path]:
     """Folders searched for results: the working directory and the app's repository."""
     out: list[Path] = []
-    for r in (Path.cwd(), state.APP_DIR.parent):
+    for r in (Path.cwd(), state.REPO_DIR):
         r = r.resolve()
         if r not in out:
             out.append(r)

@@ -10,15 +10,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# `streamlit run apps/app.py` puts apps/ on sys.path, not the repository: make `apps` and
-# `rag` importable when ragkit is not installed.
-_ROOT = str(Path(__file__).resolve().parent.parent)
+# `streamlit run apps/ui/app.py` puts apps/ui/ on sys.path, not the repository: make `apps`
+# and `rag` importable when ragkit is not installed.
+_ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import streamlit as st  # noqa: E402
 
-from apps import sidebar, state  # noqa: E402
+from apps.ui import sidebar, state  # noqa: E402
 
 st.set_page_config(page_title="ragkit", page_icon=":material/menu_book:", layout="centered")
 st.markdown(

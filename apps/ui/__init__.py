@@ -1,0 +1,1 @@
+"""The chat UI: a Streamlit app (``rag ui``) over ragkit's public API; see docs/ui.md."""
