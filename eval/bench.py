@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from eval import bench_data
+from eval.bench_metrics import fmt_n
 from eval.bench_stores import SPECS, StoreSpec, select
 from rag.errors import ConfigError, RagError
 
@@ -90,14 +91,6 @@ def parse_size(text: str) -> int:
 
 def parse_sizes(text: str) -> list[int]:
     return sorted({parse_size(p) for p in text.split(",") if p.strip()})
-
-
-def fmt_n(n: int) -> str:
-    if n >= 1_000_000 and n % 100_000 == 0:
-        return f"{n / 1e6:g}M"
-    if n >= 1000 and n % 1000 == 0:
-        return f"{n // 1000}k"
-    return str(n)
 
 
 def job_budget(n: int, n_max: int, minutes: float) -> float:
@@ -452,18 +445,17 @@ class Runner:
 
     @staticmethod
     def _installed(spec: StoreSpec) -> bool:
-        from vectorstores.registry import get_backend
-
-        try:
-            backend = get_backend(spec.backend)
-        except RagError:
-            return False
-        if backend.missing():
-            return False
-        module = backend.target.partition(":")[0]
         import importlib.util
 
-        return importlib.util.find_spec(module) is not None
+        from rag import plugins
+
+        try:
+            plugin = plugins.get("stores", spec.backend)
+        except RagError:
+            return False
+        if not plugin.installed:
+            return False
+        return importlib.util.find_spec(plugin.module) is not None
 
     def _predict_skip(
         self, records: list[dict[str, Any]], dataset: str, spec: StoreSpec, n: int, budget: float

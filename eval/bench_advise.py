@@ -35,20 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from eval.bench_metrics import fit_power
+from eval.bench_metrics import fit_power, fmt_n
 
 RAM_SHARE = 0.7
 #: Plausible growth of query latency with N per index family (fits outside are noise):
 #: HNSW logarithmic, IVF with nlist ~ sqrt(N) about sqrt(N), exact scans linear.
 EXPONENT_RANGE = {"hnsw": (0.0, 0.35), "ivf": (0.0, 0.75), "flat": (0.5, 1.2), "exact": (0.5, 1.2)}
-
-
-def _fmt_n(n: float) -> str:
-    if n >= 1e6:
-        return f"{n / 1e6:g}M"
-    if n >= 1e3:
-        return f"{n / 1e3:g}k"
-    return f"{n:g}"
 
 
 def _ram_mb() -> float:
@@ -121,10 +113,10 @@ def evaluate_config(
     out["best_recall"] = best_recall
     if over:
         first = min(over, key=lambda r: r["n"])
-        out["excluded"] = f"over budget/memory at {_fmt_n(first['n'])} ({first.get('reason')})"
+        out["excluded"] = f"over budget/memory at {fmt_n(first['n'])} ({first.get('reason')})"
     if chosen is None:
         out["excluded"] = out.get("excluded") or (
-            f"predicted recall at most {best_recall:.3f} at {_fmt_n(n)}, under {recall}"
+            f"predicted recall at most {best_recall:.3f} at {fmt_n(n)}, under {recall}"
         )
         return out
     value, r_pred = chosen
@@ -193,12 +185,12 @@ def advise(
     good = sorted((e for e in results if "excluded" not in e), key=lambda e: -e["qps"])
     largest = max((max(e["measured"]) for e in results), default=0)
     lines = [
-        f"Target: {_fmt_n(n)} vectors of {dim} dimensions, recall@10 >= {recall}; RAM {ram / 1024:,.0f} GB.",
-        f"From {sum(len(g) for g in groups.values())} measured jobs on the {dataset} dataset (largest N measured: {_fmt_n(largest)}).",
+        f"Target: {fmt_n(n)} vectors of {dim} dimensions, recall@10 >= {recall}; RAM {ram / 1024:,.0f} GB.",
+        f"From {sum(len(g) for g in groups.values())} measured jobs on the {dataset} dataset (largest N measured: {fmt_n(largest)}).",
     ]
     if largest and n > 4 * largest:
         lines.append(
-            f"Warning: {_fmt_n(n)} is {n / largest:,.0f}x the largest measured size; treat the figures as rough."
+            f"Warning: {fmt_n(n)} is {n / largest:,.0f}x the largest measured size; treat the figures as rough."
         )
     lines.append("")
     if good:
@@ -225,7 +217,7 @@ def advise(
                 f"recall {e['recall_pred']:.3f}, "
                 f"{e['latency_ms']:.2f} ms (latency ~ N^{e['latency_exponent']:.2f}), "
                 f"{e['qps']:,.0f} QPS, {e['memory_mb'] / 1024:,.1f} GB, build {e['build_s'] / 60:,.0f} min "
-                f"(~ N^{e['build_exponent']:.2f}); measured at {', '.join(_fmt_n(x) for x in e['measured'])}"
+                f"(~ N^{e['build_exponent']:.2f}); measured at {', '.join(fmt_n(x) for x in e['measured'])}"
             )
     lines += ["", "Measurements used (recall@10 / mean ms at the chosen parameter):"]
     for e in good:
@@ -235,7 +227,7 @@ def advise(
             s = next((s for s in r["sweep"] if s["value"] == e["value"]), None)
             if s:
                 lines.append(
-                    f"  {e['config']} N={_fmt_n(r['n'])}: recall {s['recall']:.3f}, {s.get('mean_ms') or 0:.2f} ms, "
+                    f"  {e['config']} N={fmt_n(r['n'])}: recall {s['recall']:.3f}, {s.get('mean_ms') or 0:.2f} ms, "
                     f"peak {float(r.get('peak_rss_max_mb', 0)) + float(r.get('server_peak_max_mb') or 0):,.0f} MB, "
                     f"index {r.get('index_total_s', 0):,.0f} s"
                 )

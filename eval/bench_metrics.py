@@ -30,6 +30,15 @@ from eval import metrics
 PERCENTILES = (50, 95, 99)
 
 
+def fmt_n(n: float) -> str:
+    """A vector count as the benchmark names sizes: 10k, 100k, 1M, 2.5M (1500 is 1.5k)."""
+    if n >= 1e6:
+        return f"{n / 1e6:g}M"
+    if n >= 1e3:
+        return f"{n / 1e3:g}k"
+    return f"{n:g}"
+
+
 def recall_at_k(
     found: Sequence[int],
     truth: Sequence[int],

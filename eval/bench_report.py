@@ -24,14 +24,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from eval.bench_metrics import Cliff, find_cliffs
+from eval.bench_metrics import Cliff, find_cliffs, fmt_n
 from eval.bench_stores import PG_DEFAULT_MWM_MB, pg_hnsw_graph_bytes
-
-
-def _fmt_n(n: int) -> str:
-    from eval.bench import fmt_n
-
-    return fmt_n(n)
 
 
 def _num(v: Any, fmt: str = "{:,.2f}") -> str:
@@ -103,7 +97,7 @@ def explain(cliff: Cliff, recs: dict[int, dict[str, Any]]) -> str:
     text = _explain(cliff, r1, r2, opts, dim, backend, ram)
     l1, l2 = r1.get("load_avg_mean"), r2.get("load_avg_mean")
     if l1 and l2 and max(l1, l2) > 1.5 * min(l1, l2):
-        text += f" (the machine's load average was {l1:.1f} at {_fmt_n(cliff.n1)} and {l2:.1f} at {_fmt_n(cliff.n2)})"
+        text += f" (the machine's load average was {l1:.1f} at {fmt_n(cliff.n1)} and {l2:.1f} at {fmt_n(cliff.n2)})"
     return text
 
 
@@ -216,7 +210,7 @@ def detect(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                             if exponent == 1.0
                             else f"{_label(metric)} grew x{c.observed:.1f} (expected x{c.expected:.1f}) "
                         )
-                        + f"from {_fmt_n(c.n1)} to {_fmt_n(c.n2)}: {explain(c, ok)}",
+                        + f"from {fmt_n(c.n1)} to {fmt_n(c.n2)}: {explain(c, ok)}",
                     }
                 )
         # Completed at one N, over budget or memory at the next: the hardest cliff of all.
@@ -231,7 +225,7 @@ def detect(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 and "already" not in r2.get("reason", "")
             ):
                 r1 = ok[n1]
-                text = f"completed at {_fmt_n(n1)} in {r1.get('job_wall_s', 0):,.0f} s, {r2['reason']} at {_fmt_n(n2)}"
+                text = f"completed at {fmt_n(n1)} in {r1.get('job_wall_s', 0):,.0f} s, {r2['reason']} at {fmt_n(n2)}"
                 if (
                     r2.get("backend") == "pgvector"
                     and (r2.get("options") or {}).get("index") == "hnsw"
@@ -281,7 +275,7 @@ def plot_recall_qps(records: list[dict[str, Any]], dataset: str, n: int, path: P
     ax.set_xlabel("recall@10")
     ax.set_ylabel("queries/s (one client, serial)")
     ax.set_yscale("log")
-    ax.set_title(f"Recall vs QPS, {dataset}, N={_fmt_n(n)}")
+    ax.set_title(f"Recall vs QPS, {dataset}, N={fmt_n(n)}")
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
@@ -371,7 +365,7 @@ def summary_table(records: list[dict[str, Any]]) -> str:
         build = _num(r.get("build_s"), "{:,.1f}") if r.get("build_s") is not None else "in load"
         rows.append(
             [
-                _fmt_n(r["n"]),
+                fmt_n(r["n"]),
                 r["config"],
                 _num(r.get("load_s"), "{:,.1f}"),
                 build,
@@ -421,14 +415,14 @@ def sweep_table(records: list[dict[str, Any]]) -> str:
             f"{s['value']}: {_num(s.get('recall'), '{:.3f}')} @ {_num(s.get('p50_ms'), '{:.2f}')} ms"
             for s in r["sweep"]
         )
-        rows.append([r["config"], _fmt_n(r["n"]), r["sweep"][0]["param"], cells])
+        rows.append([r["config"], fmt_n(r["n"]), r["sweep"][0]["param"], cells])
     return _table(["config", "N", "parameter", "value: recall@10 @ p50"], rows)
 
 
 def skipped_table(records: list[dict[str, Any]]) -> str:
     rows = [
         [
-            _fmt_n(r["n"]),
+            fmt_n(r["n"]),
             r.get("dataset", ""),
             r["config"],
             r.get("status", ""),
@@ -450,9 +444,7 @@ def ground_truth_check(records: list[dict[str, Any]]) -> str:
         values.append(r.get("recall"))
         values += [(r.get("filtered") or {}).get(f, {}).get("recall") for f in ("1%", "10%")]
     values = [v for v in values if v is not None]
-    sizes = ", ".join(
-        f"{r['dataset']} {_fmt_n(r['n'])}" for r in sorted(flat, key=lambda r: r["n"])
-    )
+    sizes = ", ".join(f"{r['dataset']} {fmt_n(r['n'])}" for r in sorted(flat, key=lambda r: r["n"]))
     if values and min(values) >= 1.0:
         return f"FAISS flat (exact) recall@10 is 1.000 in all {len(values)} measurements ({sizes}), filtered included."
     return (
@@ -496,7 +488,7 @@ def synthetic_vs_real(records: list[dict[str, Any]]) -> str:
                 if "lid20" in st:
                     stats.append(f"{label}: LID {st['lid20']}, relative contrast {st['contrast']}")
             lines.append(
-                f"**{r['config']}, N={_fmt_n(r['n'])}** (largest recall gap {max(diffs):.3f})\n"
+                f"**{r['config']}, N={fmt_n(r['n'])}** (largest recall gap {max(diffs):.3f})\n"
             )
             if stats:
                 lines.append("Difficulty (median over queries): " + "; ".join(stats) + ".\n")
@@ -518,7 +510,7 @@ def synthetic_vs_real(records: list[dict[str, Any]]) -> str:
 
 
 METHODOLOGY = """\
-* **Adapters.** Every configuration is a production store from `vectorstores.registry`
+* **Adapters.** Every configuration is a production store from the `ragkit.stores` plugins
   opened with a `StoreConfig` (options listed per configuration below); the benchmark has no
   client code of its own.
 * **Data.** Synthetic vectors: a clustered mixture on the unit sphere (one cluster per
@@ -618,14 +610,14 @@ def write_report(out: Path, records: list[dict[str, Any]], *, command: str) -> P
                 )
                 parts += [f"![{title}]({fname})", ""]
         for n in ns:
-            fname = f"recall_qps_{tag}_{_fmt_n(n)}.png"
+            fname = f"recall_qps_{tag}_{fmt_n(n)}.png"
             plot_recall_qps(
                 [r for r in recs if r.get("status") == "ok" and int(r["n"]) == n],
                 dataset,
                 n,
                 out / fname,
             )
-            parts += [f"![Recall vs QPS at {_fmt_n(n)}]({fname})", ""]
+            parts += [f"![Recall vs QPS at {fmt_n(n)}]({fname})", ""]
         parts += ["### Search-parameter sweeps", "", sweep_table(recs), ""]
     parts += ["## Ground-truth check", "", ground_truth_check(records), ""]
     parts += ["## Cliffs", ""]
