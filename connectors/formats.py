@@ -6,9 +6,13 @@ modules, imported only when a file of theirs is read.
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 from connectors.parsers import (
     Parsed,
     Parser,
+    clean_text,
     parse_csv,
     parse_markdown,
     parse_rst,
@@ -54,12 +58,19 @@ PARSERS: dict[str, tuple[str, Parser]] = {
 def parse(suffix: str, data: bytes, stem: str) -> list[Parsed]:
     """Parse ``data`` as the format of ``suffix``; documents without text are dropped.
 
+    Text and titles come out clean whatever the parser: no control characters but tab,
+    newline, carriage return and form feed in the text, none at all in a title (a title is
+    one line), no lone surrogates (:func:`~connectors.parsers.clean_text`).
+
     Raises ``IngestError`` for every failure, wrapping unexpected parser exceptions as
     ``could not parse <format>: <message>``, and when no text is left at all.
     """
     kind, parser = PARSERS[suffix.lower()]
     try:
-        parsed = parser(data, stem)
+        parsed = [
+            dataclasses.replace(p, text=clean_text(p.text), title=_clean_title(p.title))
+            for p in parser(data, stem)
+        ]
     except IngestError:
         raise
     except Exception as e:  # a bad file must never surface as a raw parser exception
@@ -68,3 +79,10 @@ def parse(suffix: str, data: bytes, stem: str) -> list[Parsed]:
     if not kept:
         raise IngestError("no text")
     return kept
+
+
+_LINE_BREAKS = re.compile(r"[\t\n\r\f]+")
+
+
+def _clean_title(title: str) -> str:
+    return _LINE_BREAKS.sub(" ", clean_text(title)).strip()

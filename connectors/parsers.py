@@ -46,11 +46,25 @@ Parser = Callable[[bytes, str], list[Parsed]]
 
 _TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)
 _MANY_BLANK_LINES = re.compile(r"\n{4,}")
+#: C0 and C1 control characters and DEL, except tab, newline, carriage return, form feed.
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` without control characters (ESC, BEL, NUL, DEL, C1; tab, newline, carriage
+    return and form feed stay) and with each lone surrogate (which no store can keep)
+    replaced by U+FFFD. Every parser's output passes through it, in
+    :func:`connectors.formats.parse`."""
+    text = _CONTROLS.sub("", text)
+    return _SURROGATES.sub("\ufffd", text) if _SURROGATES.search(text) else text
 
 
 def normalize_text(text: str) -> str:
-    """Unix newlines, no trailing spaces, at most two blank lines in a row, no NUL bytes."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    """Unix newlines, no trailing spaces, at most two blank lines in a row, no control
+    characters but tab, newline and form feed (a vertical tab is a line break)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\v", "\n")
+    text = clean_text(text)
     text = _TRAILING_SPACE.sub("", text)
     text = _MANY_BLANK_LINES.sub("\n\n\n", text)
     return text.strip("\n")
@@ -108,11 +122,42 @@ def _detect(data: bytes) -> tuple[str, str] | None:
     return str(best), best.encoding
 
 
+#: Share of a UTF-16 text's code units whose high byte is zero, at least (most text of
+#: the Latin, Greek and Cyrillic scripts) and at most (the other position) for
+#: :func:`_utf16_without_bom`.
+_UTF16_ZERO_HIGH = 0.3
+_UTF16_ZERO_LOW = 0.02
+
+
+def _utf16_without_bom(data: bytes) -> tuple[str, str] | None:
+    """UTF-16 text without a byte order mark, recognised by its NUL bytes: many in the high
+    byte of each code unit, next to none in the low byte; it must then decode, and read as
+    text rather than control characters."""
+    units = len(data) // 2
+    if units < 2 or len(data) % 2:
+        return None
+    zeros_even, zeros_odd = data[0::2].count(0), data[1::2].count(0)
+    if zeros_odd >= units * _UTF16_ZERO_HIGH and zeros_even <= units * _UTF16_ZERO_LOW:
+        codec = "utf-16-le"
+    elif zeros_even >= units * _UTF16_ZERO_HIGH and zeros_odd <= units * _UTF16_ZERO_LOW:
+        codec = "utf-16-be"
+    else:
+        return None
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError:
+        return None
+    if "\x00" in text or _mostly_control(text):
+        return None
+    return text, codec
+
+
 def decode_text(data: bytes) -> tuple[str, str | None]:
     """Decode bytes to text; return the text and the encoding when it was not UTF-8.
 
-    UTF-8 (with or without BOM) first, then UTF-16/32 by BOM, then whatever
-    charset-normalizer detects. Raises ``IngestError`` for binary content.
+    UTF-8 (with or without BOM) first, then UTF-16/32 by BOM, then UTF-16 without one (by
+    its pattern of NUL bytes), then whatever charset-normalizer detects. Raises
+    ``IngestError`` for binary content.
     """
     for bom, codec in _BOMS:
         if data.startswith(bom):
@@ -127,7 +172,10 @@ def decode_text(data: bytes) -> tuple[str, str | None]:
                 raise IngestError(_BINARY)
             return text, None if codec == "utf-8" else codec
     if b"\x00" in data:
-        raise IngestError(_BINARY)
+        wide = _utf16_without_bom(data)
+        if wide is None:
+            raise IngestError(_BINARY)
+        return wide
     encoding: str | None = None
     try:
         text = data.decode("utf-8")

@@ -61,8 +61,11 @@ class BM25Index:
         tokens = bm25s.tokenize(
             [c.text for c in chunks], stopwords="en", stemmer=stem, show_progress=False
         )
-        model = bm25s.BM25(k1=K1, b=B)
-        if chunks:
+        # A collection whose texts hold no indexable word (only punctuation, say) has no
+        # vocabulary: it gets no model, and every keyword search finds nothing.
+        model = None
+        if chunks and tokens.vocab:
+            model = bm25s.BM25(k1=K1, b=B)
             model.index(tokens, show_progress=False)
         return cls(
             [c.id for c in chunks],
@@ -75,7 +78,7 @@ class BM25Index:
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        if self.ids:
+        if self._model is not None:
             self._model.save(str(tmp / "index"), show_progress=False)
         with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as f:
             for cid, meta, text in zip(self.ids, self.metadata, self.texts or [], strict=True):
@@ -109,13 +112,13 @@ class BM25Index:
                 metas.append(row["metadata"])
                 texts.append(row["text"])
         model = None
-        if ids:
+        if (folder / "index").exists():
             with contextlib.redirect_stderr(open(os.devnull, "w")):
                 model = bm25s.BM25.load(str(folder / "index"), show_progress=False)
         return cls(ids, metas, texts, model)
 
     def search(self, query: str, *, k: int, where: Filter | None = None) -> list[Hit]:
-        if not self.ids:
+        if not self.ids or self._model is None:
             return []
         import bm25s
 

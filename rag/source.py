@@ -15,8 +15,9 @@ built from :class:`SourceOptions` and does three things:
   :meth:`Source.locate` finds a recorded item again by its id (when a damaged collection
   is rebuilt from its records).
 
-Item ids are what chunks record as their ``source``: stable, unique within the collection
-(for files, the resolved absolute path).
+Item ids are what chunks record as their ``source``: stable, unique within the collection,
+valid Unicode (for files, the resolved folder given plus the path as walked below it; see
+:mod:`connectors.filesystem`).
 """
 
 from __future__ import annotations

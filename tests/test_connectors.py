@@ -11,17 +11,23 @@ import hashlib
 import logging
 import os
 import random
+import struct
+import unicodedata
 import zipfile
 from pathlib import Path
 
 import pytest
 
 import connectors.filesystem as fs
-from connectors import IGNORED_DIRS, SUPPORTED_SUFFIXES, FileRef, load, walk
+from connectors import IGNORED_DIRS, SUPPORTED_SUFFIXES, FileRef, FilesystemSource, load, walk
 from connectors.filesystem import _glob_regex, human_size
 from connectors.formats import PARSERS
 from connectors.parsers import normalize_text
-from rag.errors import IngestError
+from rag.chunking import Chunker, ChunkerSettings
+from rag.contract import check_chunks, check_metadata, check_text
+from rag.embeddings.hashing import HashingEmbedder
+from rag.errors import ConfigError, IngestError
+from rag.source import SourceItem, SourceOptions
 from rag.types import Document, Failure
 from tests.fixtures_docs import encrypted_pdf_bytes, pdf_bytes, write_docx, write_pdf
 
@@ -271,11 +277,20 @@ def test_walk_follows_symlinked_folders_and_files(tmp_path: Path) -> None:
     (root / "file_link.md").symlink_to(target / "linked.md")
     items = list(walk([root]))
     assert failures(items) == []
-    # The file appears once, under the first path that reaches it, and resolved.
-    assert [i.path for i in items] == [
-        (target / "linked.md").resolve(),
-        (root / "real.txt").resolve(),
-    ]
+    # The file appears once, named inside the root (not by the path the link resolves to),
+    # by the first link that reaches it: entries that are links come after the others.
+    real = root.resolve()
+    assert [i.path for i in items] == [real / "real.txt", real / "file_link.md"]
+
+
+def test_walk_names_a_file_by_its_real_path_before_any_link_to_it(tmp_path: Path) -> None:
+    write(tmp_path / "z_dir" / "x.md", "x")
+    write(tmp_path / "b.md", "x")
+    (tmp_path / "a_link").symlink_to(tmp_path / "z_dir", target_is_directory=True)
+    (tmp_path / "a.md").symlink_to(tmp_path / "b.md")
+    items = list(walk([tmp_path]))
+    assert failures(items) == []
+    assert rel_paths(items, tmp_path) == ["b.md", "z_dir/x.md"]
 
 
 def test_walk_reports_oversized_files(tmp_path: Path) -> None:
@@ -745,3 +760,254 @@ def test_walk_and_load_end_to_end(tmp_path: Path) -> None:
         ("b.pdf", "b", 2),
     ]
     assert errors == ["c.txt: empty file"]
+
+
+# ---------------------------------------------------------------------------------------
+# Names that are not UTF-8
+
+
+def named(folder: Path, name: bytes) -> Path:
+    """``folder / name`` for a name given as bytes (which may not be UTF-8)."""
+    return Path(os.fsdecode(os.path.join(os.fsencode(folder), name)))
+
+
+def source_over(*targets: Path, **options: tuple[str, ...]) -> FilesystemSource:
+    return FilesystemSource(SourceOptions(targets=tuple(str(t) for t in targets), **options))
+
+
+def test_undecodable_names_get_valid_visible_ids_and_are_read(tmp_path: Path) -> None:
+    write(tmp_path / "good.txt", "A file with a plain name.")
+    write(named(tmp_path, b"caf\xe9.txt"), "Text in a file named in Latin-1.")
+    write(named(tmp_path, b"d\xff\xfe") / "inner.md", "# Inner\n\nText in an odd folder.")
+    source = source_over(tmp_path)
+    items = list(source.scan())
+    root = str(tmp_path.resolve())
+    assert [i.id for i in items if isinstance(i, SourceItem)] == [
+        f"{root}/caf\\xe9.txt",
+        f"{root}/d\\xff\\xfe/inner.md",
+        f"{root}/good.txt",
+    ]
+    titles = []
+    for item in items:
+        assert isinstance(item, SourceItem)
+        check_text(item.id, what="an id")  # the store contract takes it
+        assert source.covers(item.id)
+        assert source.locate(item.id) == item
+        (doc,) = source.load(item)
+        assert doc.source == doc.metadata["source"] == item.id
+        assert check_metadata(doc.metadata) == doc.metadata
+        titles.append(doc.metadata["title"])
+    assert titles == ["caf\\xe9", "Inner", "good"]
+
+
+def test_chunks_of_a_file_named_in_latin1_pass_the_store_contract(tmp_path: Path) -> None:
+    # Chunk ids hash the source: one holding an undecodable byte (a lone surrogate) could
+    # not even be encoded, and no store would keep it.
+    write(named(tmp_path, b"caf\xe9.md"), "# Café\n\nA short note about coffee.\n")
+    source = source_over(tmp_path)
+    (item,) = source.scan()
+    assert isinstance(item, SourceItem)
+    emb = HashingEmbedder(64)
+    chunker = Chunker(
+        ChunkerSettings(),
+        count_tokens=emb.count_tokens,
+        max_tokens=emb.max_tokens,
+        tokenizer_id=emb.id,
+    )
+    chunks = chunker.chunk(source.load(item))
+    assert chunks and check_chunks(chunks) == chunks
+    assert {c.metadata["source"] for c in chunks} == {f"{tmp_path.resolve()}/caf\\xe9.md"}
+
+
+def test_undecodable_names_in_failures_are_valid_text(tmp_path: Path) -> None:
+    write(named(tmp_path, b"big\xe9.txt"), "x" * 3000)
+    named(tmp_path, b"gone\xe9.md").symlink_to(tmp_path / "nowhere.md")
+    reasons = {f.source: f.reason for f in failures(list(walk([tmp_path], max_bytes=2048)))}
+    root = str(tmp_path.resolve())
+    assert set(reasons) == {f"{root}/big\\xe9.txt", f"{root}/gone\\xe9.md"}
+    assert reasons[f"{root}/gone\\xe9.md"].startswith("broken symlink")
+
+
+def test_a_name_that_reads_like_an_escaped_one_is_reported_not_merged(tmp_path: Path) -> None:
+    write(named(tmp_path, b"caf\xe9.txt"), "The file with the Latin-1 name.")
+    write(tmp_path / "caf\\xe9.txt", "The file whose name holds a backslash.")
+    items = list(source_over(tmp_path).scan())
+    ids = [i.id for i in items if isinstance(i, SourceItem)]
+    (failure,) = [i for i in items if isinstance(i, Failure)]
+    assert ids == [failure.source] == [f"{tmp_path.resolve()}/caf\\xe9.txt"]
+    assert "same name" in failure.reason
+
+
+# ---------------------------------------------------------------------------------------
+# What a full cleanup may remove: FilesystemSource.covers
+
+
+def test_covers_is_what_the_walk_would_select(tmp_path: Path) -> None:
+    root = tmp_path.resolve()
+    source = source_over(tmp_path, include=("*.md", "notes/*"), exclude=("drafts",))
+    covered = ["a.md", "sub/b.md", "notes/c.txt", "sub/drafts/d.md"]
+    not_covered = ["a.txt", "drafts/c.md", ".hidden/e.md", "node_modules/f.md"]
+    assert [source.covers(f"{root}/{p}") for p in covered] == [True] * len(covered)
+    assert [source.covers(f"{root}/{p}") for p in not_covered] == [False] * len(not_covered)
+    assert not source.covers(f"{root}other/a.md")  # a sibling that shares the prefix
+    assert not source.covers("/elsewhere/a.md")
+    # Whatever the walk yields is covered.
+    for name in [*covered, *not_covered]:
+        write(root / name, "x")
+    walked = [
+        str(i.path) for i in walk([tmp_path], include=("*.md", "notes/*"), exclude=("drafts",))
+    ]
+    assert walked and all(source.covers(i) for i in walked)
+    assert sorted(walked) == sorted(f"{root}/{p}" for p in covered)
+
+
+def test_covers_a_file_target_by_its_own_id(tmp_path: Path) -> None:
+    path = write(tmp_path / "one.md", "x")
+    source = source_over(path)
+    (item,) = source.scan()
+    assert isinstance(item, SourceItem) and source.covers(item.id)
+    assert not source.covers(str(tmp_path.resolve() / "two.md"))
+    assert not source_over(path, exclude=("*.md",)).covers(item.id)
+
+
+def test_content_reached_through_a_link_is_covered_by_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write(root / "real.md", "x")
+    write(tmp_path / "outside" / "linked.md", "x")
+    (root / "link").symlink_to(tmp_path / "outside", target_is_directory=True)
+    source = source_over(root)
+    ids = [i.id for i in source.scan() if isinstance(i, SourceItem)]
+    assert ids == [str(root.resolve() / "real.md"), str(root.resolve() / "link" / "linked.md")]
+    assert all(source.covers(i) for i in ids)
+    assert not source.covers(str((tmp_path / "outside" / "linked.md").resolve()))
+
+
+# ---------------------------------------------------------------------------------------
+# Glob patterns a user got wrong
+
+
+@pytest.mark.parametrize("option", ["include", "exclude"])
+def test_a_bad_glob_is_a_config_error_naming_it(tmp_path: Path, option: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[z-a\]\*"):
+        source_over(tmp_path, **{option: ("ok/*.md", "[z-a]*")})
+    with pytest.raises(ConfigError, match=r"\[z-a\]\*"):
+        list(walk([tmp_path], **{option: ["[z-a]*"]}))
+
+
+# ---------------------------------------------------------------------------------------
+# Text that is hard to recognise, or unfit to show
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_load_utf16_without_bom(tmp_path: Path, codec: str) -> None:
+    text = "Grüße aus München.\nA second line, with digits 1234.\n"
+    doc = load_one(write(tmp_path / "wide.txt", text.encode(codec)))
+    assert doc.text == text.strip()
+    assert doc.metadata["encoding"] == codec
+
+
+def test_load_still_rejects_arrays_of_small_numbers(tmp_path: Path) -> None:
+    path = write(tmp_path / "numbers.txt", struct.pack("<400H", *range(1, 401)))
+    assert load_error(path) == "binary content, not text"
+
+
+def unshowable(text: str) -> set[str]:
+    """Control characters other than the whitespace ones (tab, newline, CR, form feed)."""
+    return {c for c in text if unicodedata.category(c) == "Cc" and c not in "\t\n\r\f"}
+
+
+def test_normalize_text_drops_control_characters() -> None:
+    assert normalize_text("a\x1b[1mb\x07c\x85d\x7fe\x9bf\tg\fh\vi") == "a[1mbcdef\tg\fh\ni"
+
+
+CONTROLLED = (
+    "Red \x1b[31malert\x1b[0m rang the bell\x07 twice in the engine room today; "
+    "the C1 characters \x85 and \x9b and the delete \x7f must not survive either, end."
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("log.txt", CONTROLLED),
+        ("note.md", f"# Ti\x1btle\n\n{CONTROLLED}"),
+        ("page.rst", f"Ti\x1btle\n=====\n\n{CONTROLLED}"),
+        ("table.csv", f"name,note\nbell\x07,{CONTROLLED}\n"),
+        ("page.html", f"<title>Ti&#27;tle</title><p>{CONTROLLED} &#27;[1m &#x9b;</p>"),
+    ],
+)
+def test_control_characters_never_reach_text_or_title(
+    tmp_path: Path, name: str, content: str
+) -> None:
+    doc = load_one(write(tmp_path / name, content))
+    assert "alert" in doc.text and "end." in doc.text
+    assert unshowable(doc.text) == set()
+    assert unshowable(str(doc.metadata["title"])) == set()
+
+
+def test_control_characters_never_reach_docx_text(tmp_path: Path) -> None:
+    body = "<w:p><w:r><w:t>C1 \u0085 and \u009b here, end.</w:t></w:r></w:p>".encode()
+    doc = load_one(write(tmp_path / "c1.docx", docx_with_body(tmp_path, body)))
+    assert "end." in doc.text and unshowable(doc.text) == set()
+
+
+# ---------------------------------------------------------------------------------------
+# Archives that expand too far
+
+
+def docx_with_body(tmp_path: Path, body: bytes, *, extra: tuple[str, int] | None = None) -> bytes:
+    """A valid DOCX whose ``<w:body>`` starts with ``body`` (and an ``extra`` part of that
+    many zero bytes, written in pieces so that the test never holds it whole)."""
+    write_docx(tmp_path / "base.docx")
+    out = tmp_path / "built.docx"
+    with (
+        zipfile.ZipFile(tmp_path / "base.docx") as zin,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zout,
+    ):
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "word/document.xml":
+                head, tail = data.split(b"<w:body>")
+                data = head + b"<w:body>" + body + tail
+            zout.writestr(info.filename, data)
+        if extra is not None:
+            name, size = extra
+            with zout.open(name, "w", force_zip64=True) as part:
+                piece = bytes(2**20)
+                for _ in range(size // len(piece)):
+                    part.write(piece)
+                part.write(bytes(size % len(piece)))
+    return out.read_bytes()
+
+
+def test_docx_of_millions_of_empty_paragraphs_is_refused(tmp_path: Path) -> None:
+    # The review's file: 71 KB holding 24 MB of empty paragraphs (50 s and 880 MB to read).
+    data = docx_with_body(tmp_path, b"<w:p/>" * 4_000_000)
+    assert len(data) < 100_000
+    error = load_error(write(tmp_path / "bomb.docx", data))
+    assert error.startswith("DOCX refused: ") and "XML elements" in error
+
+
+def test_docx_that_expands_past_the_limit_is_refused(tmp_path: Path) -> None:
+    data = docx_with_body(tmp_path, b"", extra=("word/media/huge.bin", 257 * 2**20))
+    error = load_error(write(tmp_path / "bomb.docx", data))
+    assert error.startswith("DOCX refused: ") and "expands to" in error
+
+
+def test_docx_style_lookups_do_not_grow_with_the_paragraphs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from docx.parts.document import DocumentPart
+
+    calls = []
+    real = DocumentPart.get_style
+
+    def counting(self: DocumentPart, *args: object) -> object:
+        calls.append(args)
+        return real(self, *args)
+
+    monkeypatch.setattr(DocumentPart, "get_style", counting)
+    body = b"<w:p><w:r><w:t>A line of text.</w:t></w:r></w:p>" * 2000
+    doc = load_one(write(tmp_path / "long.docx", docx_with_body(tmp_path, body)))
+    assert doc.text.count("A line of text.") == 2000
+    assert len(calls) < 20

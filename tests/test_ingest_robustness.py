@@ -185,3 +185,80 @@ def test_a_missing_root_is_not_a_deletion(hashing_env: dict, tmp_path: Path) -> 
     status = json.loads(rag(hashing_env, "status", "--json").stdout)
     assert status["chunks"] == 1 and status["sources"] == 1
     assert os.path.exists(moved / "keep.md")
+
+
+def ingest_json(env: dict[str, str], *args: str) -> dict:
+    proc = rag(env, "ingest", *args, "--json")
+    assert proc.returncode in (0, 3), proc.stderr
+    assert "unexpected error" not in proc.stderr
+    return json.loads(proc.stdout)
+
+
+def recorded(env: dict[str, str]) -> set[str]:
+    hits = json.loads(rag(env, "search", "text", "--k", "50", "--json").stdout)["hits"]
+    return {Path(h["source"]).name for h in hits}
+
+
+def test_names_that_are_not_utf8_are_ingested(hashing_env: dict, tmp_path: Path) -> None:
+    # The review's reproduction: one name in Latin-1 used to abort the whole ingest.
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "good.txt").write_text("ok, some text\n")
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9.txt")
+    with open(odd, "wb") as f:
+        f.write(b"text in a file named in Latin-1\n")
+    with open(os.path.join(os.fsencode(folder), b"z\xff.md"), "wb") as f:
+        f.write(b"")  # a failure whose name is not UTF-8 either
+    out = ingest_json(hashing_env, str(folder))
+    assert out["added"] == 2
+    assert [Path(f["path"]).name for f in out["failed"]] == ["z\\xff.md"]
+    assert recorded(hashing_env) == {"good.txt", "caf\\xe9.txt"}
+    # The text report too, and a second run that finds nothing changed.
+    proc = rag(hashing_env, "ingest", str(folder))
+    assert proc.returncode == 3 and "unexpected error" not in proc.stderr, proc.stderr
+    assert ingest_json(hashing_env, str(folder))["unchanged"] == 2
+
+
+def test_a_narrower_include_keeps_what_it_no_longer_selects(
+    hashing_env: dict, tmp_path: Path
+) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name in ("a.md", "b.md", "c.txt", "d.txt"):
+        (folder / name).write_text(f"Some text in {name}.\n")
+    assert ingest_json(hashing_env, str(folder))["added"] == 4
+    out = ingest_json(hashing_env, str(folder), "--include", "*.md")
+    assert (out["deleted"], out["unchanged"]) == (0, 2)
+    assert recorded(hashing_env) == {"a.md", "b.md", "c.txt", "d.txt"}
+    # What the patterns select is still cleaned up; what they do not is left alone.
+    (folder / "a.md").unlink()
+    (folder / "c.txt").unlink()
+    assert ingest_json(hashing_env, str(folder), "--include", "*.md")["deleted"] == 1
+    assert recorded(hashing_env) == {"b.md", "c.txt", "d.txt"}
+    assert ingest_json(hashing_env, str(folder), "--exclude", "d.txt")["deleted"] == 1
+    assert recorded(hashing_env) == {"b.md", "d.txt"}
+
+
+def test_content_reached_through_a_link_goes_with_it(hashing_env: dict, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "real.md").write_text("Text that stays.\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "linked.md").write_text("Text reached through a link.\n")
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    (root / "file_link.md").symlink_to(outside / "linked.md")
+    assert ingest_json(hashing_env, str(root))["added"] == 2
+    (root / "link").unlink()
+    (root / "file_link.md").unlink()
+    shutil.rmtree(outside)
+    assert ingest_json(hashing_env, str(root))["deleted"] == 1
+    assert recorded(hashing_env) == {"real.md"}
+
+
+def test_a_bad_glob_is_a_one_line_usage_error(hashing_env: dict, tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("x\n")
+    proc = rag(hashing_env, "ingest", str(tmp_path), "--include", "[z-a]*")
+    assert proc.returncode == 2
+    assert "unexpected error" not in proc.stderr
+    assert "[z-a]*" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

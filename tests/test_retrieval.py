@@ -105,3 +105,16 @@ def test_fusion_settings_are_validated() -> None:
         Settings(fusion_weight=1.5)
     with pytest.raises(ConfigError):
         Settings(rrf_k=0)
+
+
+def test_a_collection_without_indexable_words_searches_empty(tmp_path: Path) -> None:
+    # Only punctuation: BM25 has no vocabulary (building its index used to crash the ingest).
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "marks.txt").write_text("%%% ### !!!\n")
+    s = Settings(data_dir=tmp_path / "rag", embed_model="hashing-64", embed_backend="hashing")
+    with open_collection(s, create=True) as col:
+        report = col.ingest([folder])
+        assert report.chunks == 1 and not report.failed
+        assert col.search("anything", mode="bm25") == []
+        assert len(col.search("anything", mode="hybrid")) == 1
