@@ -14,6 +14,11 @@ The metadata rule, the same on every store:
   strings are valid Unicode without NUL characters;
 * ``None`` means "no value": the key is left out, on every store alike;
 * lists, nested objects and anything else are refused, naming the key.
+
+Collection names, the same on every store and in ``Settings.collection``: 1-63 letters,
+digits, ``_`` or ``-``, starting with a letter or digit (:func:`check_collection_name`).
+A store turns the name into a folder, a table or an engine's collection name, so a name
+that could step out of its folder (``../x``) never reaches one.
 """
 
 from __future__ import annotations
@@ -21,17 +26,20 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from rag.errors import ContractError, DimensionMismatchError, MetadataError
+from rag.errors import ConfigError, ContractError, DimensionMismatchError, MetadataError
 from rag.types import Chunk, Metadata
+
+if TYPE_CHECKING:  # numpy is imported where vectors are checked: settings need none of it
+    import numpy as np
 
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 MAX_KEY_CHARS = 64
 #: Letters (any script), digits and "_" via \w; then "-" and spaces inside.
-_KEY = re.compile(r"^[^\W\d][\w\- ]{0,63}$")
+_KEY = re.compile(r"[^\W\d][\w\- ]{0,63}")  # fullmatch: "$" would let a final "\n" in
+MAX_COLLECTION_CHARS = 63
+_COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 #: How far a stored vector's length may stray from 1 before it is rescaled.
 _UNIT_TOLERANCE = 1e-4
 
@@ -40,7 +48,7 @@ def key_problem(key: object) -> str | None:
     """Why ``key`` cannot name a metadata field, or ``None`` when it can."""
     if not isinstance(key, str):
         return f"metadata key {key!r} is a {type(key).__name__}, not a string"
-    if not _KEY.match(key) or key.endswith(" "):
+    if not _KEY.fullmatch(key) or key.endswith(" "):
         return (
             f"metadata key {key!r} must be 1-{MAX_KEY_CHARS} characters: a letter or '_' "
             "first, then letters, digits, '_', '-' or spaces (not at the end)"
@@ -53,6 +61,27 @@ def check_key(key: object) -> str:
     if problem:
         raise MetadataError(problem)
     return key  # type: ignore[return-value]
+
+
+def collection_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a collection, or ``None`` when it can."""
+    if not isinstance(name, str):
+        return f"a collection name is a string, not {type(name).__name__}"
+    if not _COLLECTION.fullmatch(name):
+        return (
+            f"collection name {name!r} must be 1-{MAX_COLLECTION_CHARS} letters, digits, '_' "
+            "or '-', starting with a letter or digit"
+        )
+    return None
+
+
+def check_collection_name(name: object) -> str:
+    """``name`` if it can name a collection on every store; else :class:`ConfigError` (a
+    name is a setting, as ``Settings.collection`` is)."""
+    problem = collection_name_problem(name)
+    if problem:
+        raise ConfigError(problem)
+    return name  # type: ignore[return-value]
 
 
 def check_text(text: object, *, what: str) -> str:
@@ -151,6 +180,8 @@ def check_vectors(
     Rows are rescaled to unit length where they stray from it (every store ranks by cosine
     similarity); a zero, NaN or infinite row is refused.
     """
+    import numpy as np
+
     try:
         arr = np.asarray(vectors, dtype=np.float32)
     except (TypeError, ValueError) as e:
@@ -184,6 +215,8 @@ def check_query(vector: Any, dim: int, *, store: str, collection: str) -> np.nda
 
 def check_k(k: object, *, name: str = "k", limit: int | None = None) -> int:
     """A positive integer (at most ``limit`` when given)."""
+    import numpy as np
+
     if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
         raise ContractError(f"{name} must be a positive integer, got {k!r}")
     if limit is not None and k > limit:

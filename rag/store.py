@@ -17,6 +17,7 @@ hooks.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,9 @@ class VectorStore(Protocol):
     Constructed as ``Backend(collection, dim=..., config=StoreConfig(...), create=True)``:
     opens the collection, creating it when ``create`` is true and it does not exist (else
     :class:`~rag.errors.CollectionNotFoundError`). An existing collection of another
-    dimension raises :class:`~rag.errors.DimensionMismatchError` at once.
+    dimension raises :class:`~rag.errors.DimensionMismatchError` at once. A collection name
+    outside :func:`rag.contract.check_collection_name`'s rule raises
+    :class:`~rag.errors.ConfigError` before anything is opened or created.
     """
 
     name: ClassVar[str]
@@ -124,7 +127,7 @@ class StoreBase:
     """The contract's public methods, checking their input once for every backend.
 
     A backend sets ``name``, ``capabilities``, ``description``, ``collection`` and ``dim``
-    and implements the hooks, which receive only validated input: ``_upsert`` a non-empty
+    (``collection`` first: setting it checks the name) and implements the hooks, which receive only validated input: ``_upsert`` a non-empty
     list of checked chunks and a float32 ``(n, dim)`` array of unit rows; ``_delete`` and
     ``_get`` a non-empty list of ids; ``_search`` a unit ``(dim,)`` vector, ``k`` within
     bounds and a parsed filter whose operators the backend declared; ``_scan`` a positive
@@ -134,8 +137,18 @@ class StoreBase:
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
     description: ClassVar[str] = ""
-    collection: str
     dim: int
+
+    @property
+    def collection(self) -> str:
+        """The collection's name; assigning it checks it by the rule of
+        :func:`rag.contract.check_collection_name`, so a backend that sets it first, as the
+        built-in ones do, never turns a name such as ``../x`` into a path."""
+        return self._collection_name
+
+    @collection.setter
+    def collection(self, name: str) -> None:
+        self._collection_name = contract.check_collection_name(name)
 
     def upsert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
         chunks = list(chunks)
@@ -199,6 +212,15 @@ def store_class(name: str) -> type[VectorStore]:
     from rag import plugins
 
     return plugins.load("stores", name)
+
+
+def folder_writable(path: Path) -> bool:
+    """Whether this process may create and change files in ``path``, or in the nearest
+    folder above it that exists: false on a read-only mount, or without write permission."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return os.access(path, os.W_OK | os.X_OK)
 
 
 def batched(items: Sequence, size: int) -> Iterator[Sequence]:

@@ -25,7 +25,7 @@ from rag.errors import (
 from rag.filters import ALL_OPS, And, Comparison, Filter, Not, Or, evaluate, parse
 from rag.store import StoreConfig
 from rag.types import Chunk
-from vectorstores import conformance
+from vectorstores import conformance, conformance_guards
 from vectorstores.chroma import ChromaStore, ServerAddress, chroma_name, parse_url
 from vectorstores.chroma_filters import KEYS, NUM, to_where
 
@@ -66,18 +66,18 @@ def test_name_mapping_is_prefixed_and_valid_for_chroma() -> None:
 
 
 def test_name_mapping_is_one_to_one() -> None:
-    names = ["a", "a-", "a_", "a-x", "a_x", "ax", "a--", "A", "-", "_", "x" * 63, "-" * 63]
+    names = ["a", "a-", "a_", "a-x", "a_x", "ax", "a--", "A", "0", "0_", "x" * 63, "a" + "-" * 62]
     mapped = [chroma_name(n) for n in names]
     assert len(set(mapped)) == len(names)
 
 
-@pytest.mark.parametrize("bad", ["", "a b", "a.b", "é", "x" * 64, "a/b"])
+@pytest.mark.parametrize("bad", ["", "a b", "a.b", "é", "x" * 64, "a/b", "-", "_x", "a\n"])
 def test_invalid_names_raise_config_error(bad: str) -> None:
     with pytest.raises(ConfigError):
         chroma_name(bad)
 
 
-@pytest.mark.parametrize("name", ["x", "-", "_", "z" * 63, "-" * 63])
+@pytest.mark.parametrize("name", ["x", "0", "a-", "z" * 63, "z" + "-" * 62])
 def test_edge_names_work_in_chroma(config: StoreConfig, name: str) -> None:
     s = ChromaStore(name, dim=DIM, config=config)
     try:
@@ -85,6 +85,18 @@ def test_edge_names_work_in_chroma(config: StoreConfig, name: str) -> None:
         assert s.count() == 2
     finally:
         s.drop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="chromadb 1.5 changes the last digit of some doubles (reported to the lead); "
+    "remove this mark when it keeps them",
+)
+def test_doubles_are_kept_exactly(store: ChromaStore) -> None:
+    values = [0.9097462559682401, 0.24391087688713198, -9.223372036854775e18]
+    chunks = [Chunk(f"d{i}", "t", {"f": v}) for i, v in enumerate(values)]
+    store.upsert(chunks, _unit(np.random.default_rng(1), len(chunks)))
+    assert store.get([c.id for c in chunks]) == chunks
 
 
 # --- writes ----------------------------------------------------------------------------------
@@ -605,9 +617,10 @@ class TestServerConformance:
             store.close()
 
 
-for _name in conformance.__all__:
-    if _name.startswith("test_"):
-        setattr(TestServerConformance, _name, staticmethod(getattr(conformance, _name)))
+for _module in (conformance, conformance_guards):
+    for _name in _module.__all__:
+        if _name.startswith("test_"):
+            setattr(TestServerConformance, _name, staticmethod(getattr(_module, _name)))
 
 
 _WRITER = """

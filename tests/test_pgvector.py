@@ -24,6 +24,7 @@ from rag.store import StoreConfig
 from rag.types import Chunk
 from vectorstores.conformance import *  # noqa: F403  (the contract, over the variants below)
 from vectorstores.conformance import StoreEnv
+from vectorstores.conformance_guards import *  # noqa: F403  (the contract on hostile input)
 
 psycopg = pytest.importorskip("psycopg")
 pytest.importorskip("pgvector")
@@ -417,7 +418,18 @@ def test_index_none_is_exact(root: Path, server: pgserver.EmbeddedPostgres) -> N
 
 @pytest.mark.parametrize(
     "name",
-    ["", "a" * 64, "two words", "x;y", 'x"; DROP TABLE ragkit.collections; --', "ü", "../x", "a.b"],
+    [
+        "",
+        "a" * 64,
+        "two words",
+        "x;y",
+        'x"; DROP TABLE ragkit.collections; --',
+        "ü",
+        "../x",
+        "a.b",
+        "--",
+        "x\n",
+    ],
 )
 def test_unsafe_collection_names_are_refused(root: Path, name: str) -> None:
     with pytest.raises(ConfigError, match="collection name"):
@@ -425,7 +437,7 @@ def test_unsafe_collection_names_are_refused(root: Path, name: str) -> None:
 
 
 def test_odd_names_get_distinct_safe_tables(root: Path, server: pgserver.EmbeddedPostgres) -> None:
-    names = ["My-Docs", "my_docs", "MY-DOCS", "a" * 63, "--", "0"]
+    names = ["My-Docs", "my_docs", "MY-DOCS", "a" * 63, "a--", "0"]
     stores = [PgvectorStore(n, dim=4, config=StoreConfig(root)) for n in names]
     try:
         tables = {s._table for s in stores}

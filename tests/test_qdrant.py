@@ -22,6 +22,7 @@ from vectorstores import qdrant as qmod
 from vectorstores import qdrant_engines as engines
 from vectorstores.conformance import *  # noqa: F403  (the contract's tests, on local mode)
 from vectorstores.conformance import StoreEnv, dataset
+from vectorstores.conformance_guards import *  # noqa: F403  (the contract on hostile input)
 from vectorstores.qdrant import ID_KEY, TEXT_KEY, QdrantStore, point_id
 from vectorstores.qdrant_filters import field_of_path, key_path
 
@@ -119,6 +120,24 @@ def test_payload_round_trip_keeps_types(tmp_path: Path, engine: str) -> None:
         store.close()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="qdrant-edge 0.9 changes the last digit of some doubles (reported to the lead); "
+    "remove this mark when it keeps them",
+)
+def test_edge_keeps_doubles_exactly(tmp_path: Path) -> None:
+    values = [0.9655443552261345, 118311.64033538465, 9.981540654442605e25, 7971297999483900.0]
+    chunks = [Chunk(str(uuid.UUID(int=i + 1)), "t", {"f": v}) for i, v in enumerate(values)]
+    store = _open(tmp_path, "edge")
+    try:
+        store.upsert(chunks, _unit(len(chunks)))
+        assert store.get([c.id for c in chunks]) == chunks
+        for c, v in zip(chunks, values, strict=True):
+            assert [h.id for h in store.search(_unit(1)[0], k=5, where={"f": v})] == [c.id]
+    finally:
+        store.close()
+
+
 # --- filters: the engines' own quirks ------------------------------------------------------
 
 MIXED = [True, False, 1, 0, 1.0, 2.5, 2, "1", "a", None]
@@ -171,9 +190,12 @@ def test_hand_built_filters(tmp_path: Path, engine: str) -> None:
     try:
         store.upsert(chunks, vecs)
         q = vecs[0]
-        assert store.search(q, k=50, where=Or(())) == []
-        assert len(store.search(q, k=50, where=And(()))) == 20
-        assert len(store.search(q, k=50, where=Not(Or(())))) == 20
+        # empty $and / $or are refused as in the JSON form (their translations differ by
+        # engine: Qdrant reads an empty "should" as no constraint)
+        for empty in (Or(()), And(()), Not(Or(()))):
+            with pytest.raises(FilterError, match="non-empty"):
+                store.search(q, k=50, where=empty)
+        assert len(store.search(q, k=50, where=Not(Or((Comparison("n", "$lt", 5),))))) == 15
         with pytest.raises(FilterError):
             store.search(q, k=5, where=Comparison("n", "$gt", "ten"))
         with pytest.raises(FilterError):
@@ -219,7 +241,8 @@ def test_rule_keys_filter_and_get_payload_indexes(tmp_path: Path, engine: str) -
     chunks = _rule_chunks()
     flt = parse(_RULE_FILTER)
     expected = {c.id for c in chunks if evaluate(flt, c.metadata)}
-    store = _open(tmp_path, engine)
+    declared = {"index_fields": ",".join(_RULE_KEYS)} if engine == "edge" else {}
+    store = _open(tmp_path, engine, **declared)
     try:
         store.upsert(chunks, _unit(len(chunks)))
         assert {h.id for h in store.search(_unit(1, seed=3)[0], k=30, where=flt)} == expected
@@ -297,9 +320,9 @@ def test_edge_builds_hnsw_past_threshold(tmp_path: Path, monkeypatch: pytest.Mon
                 for h in store.search(q, k=4, where=parse({"n": {"$in": [5, 700, 1500, 2999]}}))
             ]
             assert got == top(lambda i: i in (5, 700, 1500, 2999), q, 4)
-            # broad (10%), on a field indexed from the start ("page") or only when first
-            # filtered on ("g"): filtered HNSW, which on this small 16-d graph can come back
-            # short; the store still returns k matching hits, best first
+            # broad (10%), on a field indexed from the start ("page") or never ("g"):
+            # filtered HNSW, which on this small 16-d graph can come back short; the store
+            # still returns k matching hits, best first
             for field in ("page", "g"):
                 hits = store.search(q, k=4, where=parse({field: 3}))
                 assert len(hits) == 4 and all(h.chunk.metadata[field] == 3 for h in hits)
@@ -347,18 +370,22 @@ def test_edge_filtered_hnsw_keeps_recall(tmp_path: Path, monkeypatch: pytest.Mon
     vecs = (centroids[rng.integers(0, 50, n)] + 0.4 * rng.normal(size=(n, dim))).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     chunks = [Chunk(str(uuid.UUID(int=i + 1)), "", {"g": i % 10}) for i in range(n)]
-    store = _open(tmp_path, "edge", dim=dim, ef_search=10)
+    store = _open(tmp_path, "edge", dim=dim, ef_search=10, index_fields="g")
     try:
         store.upsert(chunks, vecs)
         store.optimize()
         assert _indexed(store) == n
         match = np.flatnonzero(np.arange(n) % 10 == 3)
-        recall = []
-        for q in vecs[-50:]:
-            expected = set(match[np.argsort(-(vecs[match] @ q))[:10]].tolist())
-            got = {int(uuid.UUID(h.id)) - 1 for h in store.search(q, k=10, where={"g": 3})}
-            recall.append(len(got & expected) / 10)
-        assert np.mean(recall) >= 0.9
+        for where, least in (
+            ({"g": 3}, 0.9),  # g's payload index: filtered HNSW with ACORN
+            ({"g": {"$in": [3, "x"]}}, 1.0),  # no fitting index (a string operand): exact
+        ):
+            recall = []
+            for q in vecs[-50:]:
+                expected = set(match[np.argsort(-(vecs[match] @ q))[:10]].tolist())
+                got = {int(uuid.UUID(h.id)) - 1 for h in store.search(q, k=10, where=where)}
+                recall.append(len(got & expected) / 10)
+            assert np.mean(recall) >= least, where
     finally:
         store.close()
 
@@ -391,6 +418,9 @@ def test_edge_close_builds_what_is_left(tmp_path: Path, monkeypatch: pytest.Monk
         ("http://localhost:6333", {"engine": "local"}, "server URL is set"),
         (None, {"engine": "server"}, "needs the server's URL"),
         (None, {"engine": "local", "hnsw_m": 32}, "no HNSW options"),
+        (None, {"engine": "local", "index_fields": "a"}, "no payload indexes"),
+        (None, {"index_fields": "a.b"}, "index_fields: metadata key"),
+        (None, {"index_fields": "a:int"}, "the type is one of"),
         (None, {"hnsw_m": "many"}, "not a int"),
         (None, {"hnsw_m": 1}, "hnsw_m >= 2"),
         (None, {"ef_search": -1}, "ef_search >= 0"),
@@ -461,9 +491,75 @@ def test_closed_store_raises(tmp_path: Path, engine: str) -> None:
 
 
 def test_bad_collection_name(tmp_path: Path) -> None:
-    for name in ("", "..", "a/b", "x\n"):
-        with pytest.raises(ConfigError):
-            QdrantStore(name, dim=4, config=StoreConfig(tmp_path))
+    for name in ("", "..", "a/b", "x\n", "../x"):
+        for url in (None, "http://qdrant.invalid:6333"):  # a server's names follow the rule too
+            with pytest.raises(ConfigError, match="collection name"):
+                QdrantStore(name, dim=4, config=StoreConfig(tmp_path, url=url))
+    assert not list(tmp_path.parent.glob("x"))
+
+
+# --- searches never write ----------------------------------------------------------------
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` with its size and modification time."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_filtered_search_leaves_the_store_unchanged(tmp_path: Path) -> None:
+    """A filtered search on fields without a payload index makes none: the shard's files
+    and index list stay as they were, and the result is the reference's."""
+    chunks, vecs = dataset(n=60)
+    store = _open(tmp_path, "edge")
+    store.upsert(chunks, vecs)
+    store.close()
+    store = _open(tmp_path, "edge")  # reopened: nothing pending from the writes
+    try:
+        indexes = dict(store._indexed)
+        assert "tag" not in indexes and "x" not in indexes
+        before = _files(tmp_path / "c")
+        for spec in (
+            {"tag": "a"},
+            {"x": {"$lt": 0.5}, "even": True},
+            {"$or": [{"tag": {"$in": ["b", "ç"]}}, {"opt": {"$ne": "yes"}}]},
+        ):
+            flt = parse(spec)
+            expected = {c.id for c in chunks if evaluate(flt, c.metadata)}
+            hits = store.search(vecs[0], k=len(chunks), where=flt)
+            assert {h.id for h in hits} == expected
+            assert len(hits) == len(expected)
+        assert _files(tmp_path / "c") == before
+        assert store._engine.shard.info().payload_schema.keys() == {
+            f'"{k}"' if " " in k else k for k in indexes
+        }
+        assert store._indexed == indexes
+    finally:
+        store.close()
+
+
+def test_declared_index_fields_are_made_by_writes(tmp_path: Path) -> None:
+    chunks, vecs = dataset(n=20)
+    store = _open(tmp_path, "edge", index_fields="tag, x, even, flag:float, absent")
+    try:
+        assert "tag" not in store._indexed  # nothing written yet
+        store.upsert(chunks, vecs)
+        expected = {"tag": "keyword", "x": "float", "even": "bool", "flag": "float"}
+        assert expected.items() <= store._indexed.items()
+        assert "absent" not in store._indexed  # made by the first write that carries it
+        flt = parse({"tag": "a", "x": {"$gte": 0.1}})
+        hits = store.search(vecs[0], k=20, where=flt)
+        assert {h.id for h in hits} == {c.id for c in chunks if evaluate(flt, c.metadata)}
+    finally:
+        store.close()
+    again = _open(tmp_path, "edge")  # read back from the shard
+    try:
+        assert {k: again._indexed[k] for k in expected} == expected
+    finally:
+        again.close()
 
 
 def test_local_mode_size_warning_is_one_log_line(
@@ -572,7 +668,7 @@ def _server_store(
 
 @pytest.mark.filterwarnings("ignore:Local mode performs exact")
 def test_server_payload_indexes(tmp_path: Path, server: RecordingClient) -> None:
-    store = _server_store(tmp_path, hnsw_m=24)
+    store = _server_store(tmp_path, hnsw_m=24, index_fields="tag,even,x,flag,mixed")
     assert store.engine == "server" and store.path is None
     assert server.index_calls() == [
         ("source", "keyword"),
@@ -583,7 +679,14 @@ def test_server_payload_indexes(tmp_path: Path, server: RecordingClient) -> None
     created = next(kw for name, _, kw in server.calls if name == "create_collection")
     assert created["hnsw_config"].m == 24 and created["vectors_config"].size == 16
     chunks, vecs = dataset(n=40)
-    store.upsert(chunks, vecs)
+    server.calls.clear()
+    store.upsert(chunks, vecs)  # the write makes the declared indexes ("mixed" is absent)
+    assert sorted(server.index_calls()) == [
+        ("even", "bool"),
+        ("flag", "float"),
+        ("tag", "keyword"),
+        ("x", "float"),
+    ]
     server.calls.clear()
     flt = parse(
         {
@@ -592,26 +695,24 @@ def test_server_payload_indexes(tmp_path: Path, server: RecordingClient) -> None
             "x": {"$lt": 0.5},
             "source": "/docs/file1.md",
             "$or": [{"flag": 1}, {"flag": {"$gt": 1.5}}],
-            "mixed": {"$in": ["a", 1]},
         }
     )
-    hits = store.search(vecs[0], k=40, where=flt)
-    assert {h.id for h in hits} == {c.id for c in chunks if evaluate(flt, c.metadata)}
-    assert sorted(server.index_calls()) == [
-        ("even", "bool"),
-        ("flag", "float"),
-        ("tag", "keyword"),
-        ("x", "float"),
-    ]
-    search = next(kw for name, _, kw in server.calls if name == "query_points")
-    assert search["search_params"].exact is False
+    unindexed = parse({"tag": "a", "mixed": {"$in": ["a", 1]}, "opt": "yes"})
+    for where, exact in ((flt, False), (unindexed, True)):
+        server.calls.clear()
+        hits = store.search(vecs[0], k=40, where=where)
+        assert {h.id for h in hits} == {c.id for c in chunks if evaluate(where, c.metadata)}
+        assert server.index_calls() == []  # searches never make one
+        search = next(kw for name, _, kw in server.calls if name == "query_points")
+        assert search["search_params"].exact is exact  # without the indexes: exact
     server.calls.clear()
-    store.search(vecs[0], k=5, where=parse({"tag": "c"}))
+    store.upsert(chunks[:3], vecs[:3])
     assert server.index_calls() == []  # indexed once
     store.close()
 
-    again = _server_store(tmp_path, create=False)  # indexes are read back, not made again
+    again = _server_store(tmp_path, create=False, index_fields="tag")  # read back, not made
     try:
+        again.upsert(chunks[:3], vecs[:3])
         again.search(vecs[0], k=5, where=parse({"tag": "a", "page": 2}))
         assert server.index_calls() == []
         assert again.count() == 40
@@ -623,23 +724,23 @@ def test_server_payload_indexes(tmp_path: Path, server: RecordingClient) -> None
 
 @pytest.mark.filterwarnings("ignore:Local mode performs exact")
 def test_server_indexes_rule_keys_by_quoted_path(tmp_path: Path, server: RecordingClient) -> None:
-    store = _server_store(tmp_path, name="keys")
+    store = _server_store(tmp_path, name="keys", index_fields=",".join(_RULE_KEYS))
     chunks = _rule_chunks()
-    store.upsert(chunks, _unit(len(chunks)))
     server.calls.clear()
-    flt = parse(_RULE_FILTER)
-    hits = store.search(_unit(1, seed=3)[0], k=30, where=flt)
-    assert {h.id for h in hits} == {c.id for c in chunks if evaluate(flt, c.metadata)}
+    store.upsert(chunks, _unit(len(chunks)))
     assert sorted(server.index_calls()) == [
         ('"Header 1"', "keyword"),
         ('"título"', "bool"),
         ("content-type", "float"),
     ]
+    flt = parse(_RULE_FILTER)
+    hits = store.search(_unit(1, seed=3)[0], k=30, where=flt)
+    assert {h.id for h in hits} == {c.id for c in chunks if evaluate(flt, c.metadata)}
     store.close()
-    again = _server_store(tmp_path, name="keys", create=False)
+    again = _server_store(tmp_path, name="keys", create=False, index_fields=",".join(_RULE_KEYS))
     try:
         server.calls.clear()
-        again.search(_unit(1, seed=3)[0], k=5, where=flt)
+        again.upsert(chunks[:2], _unit(2))
         assert server.index_calls() == []  # the server's paths are read back as keys
     finally:
         again.close()
@@ -659,15 +760,14 @@ def test_server_missing_collection_and_drop(tmp_path: Path, server: RecordingCli
 
 
 @pytest.mark.filterwarnings("ignore:Local mode performs exact")
-def test_server_refusing_an_index_still_filters(
+def test_server_refusing_an_index_still_writes_and_filters(
     tmp_path: Path,
     server: RecordingClient,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    store = _server_store(tmp_path)
+    store = _server_store(tmp_path, index_fields="tag")
     chunks, vecs = dataset(n=30)
-    store.upsert(chunks, vecs)
 
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("403 Forbidden: read-only API key")
@@ -677,9 +777,11 @@ def test_server_refusing_an_index_still_filters(
     try:
         with caplog.at_level("WARNING", logger="vectorstores.qdrant"):
             for _ in range(2):
+                store.upsert(chunks, vecs)
                 hits = store.search(vecs[0], k=30, where=flt)
                 assert {h.id for h in hits} == {c.id for c in chunks if evaluate(flt, c.metadata)}
         assert len(caplog.records) == 1 and "read-only" in caplog.records[0].getMessage()
+        assert store.count() == 30
     finally:
         store.close()
 

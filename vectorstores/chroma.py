@@ -12,7 +12,11 @@ Filters are translated by :mod:`vectorstores.chroma_filters`, which needs two in
 lists on every record: its field names (``ragkit:keys``) and its numeric fields
 (``ragkit:num``). Both are stripped from what ``get``, ``search`` and ``scan`` return; no
 user key can take their names (``:`` is not allowed in keys). Every operator is supported.
-Chroma keeps the metadata rule's values exactly (64-bit integers, doubles, any key).
+Chroma keeps 64-bit integers and any key the metadata rule allows exactly; chromadb 1.5
+changes the last digit of about one double in ten that need 15 or more significant digits
+(``0.9097462559682401`` comes back, and is filtered on, as ``0.90974625596824``;
+``tests/test_chroma.py::test_doubles_are_kept_exactly`` tracks it), while short decimals
+such as ``2.5`` or ``0.1234`` are kept exactly.
 
 Chroma's ``upsert`` merges metadata into an existing record, so a replacement first reads
 the old keys and deletes the ones that are gone (a ``None`` value). Writes are cut into
@@ -21,6 +25,10 @@ batches of ``client.get_max_batch_size()``; each batch is atomic, a larger call 
 Filtered search is Chroma's own (pre-filtered HNSW, exact for small selections). If it ever
 returns fewer hits than ``min(k, matching)``, the matching records are ranked exactly here
 instead, reading their vectors page by page.
+
+The embedded engine opens its SQLite database for writing even to search, so a folder this
+process cannot write to (a read-only mount, say) raises :class:`~rag.errors.StoreError`
+saying so when a store is opened on it.
 
 The embedded engine keeps one client per folder per process; this module shares it between
 the collections open on that folder and releases it when the last one closes. A process
@@ -37,7 +45,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -48,6 +55,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
+from rag.contract import check_collection_name
 from rag.errors import (
     CollectionNotFoundError,
     ConfigError,
@@ -56,14 +64,26 @@ from rag.errors import (
     StoreCorruptedError,
     StoreError,
 )
-from rag.filters import ALL_OPS, Filter
-from rag.store import Capabilities, StoreBase, StoreConfig, batched, read_options
+from rag.filters import ALL_OPS, Filter, evaluate, superset
+from rag.store import (
+    Capabilities,
+    StoreBase,
+    StoreConfig,
+    batched,
+    folder_writable,
+    read_options,
+)
 from rag.types import Chunk, Hit
-from vectorstores.chroma_filters import KEYS, NUM, to_where
+from vectorstores.chroma_filters import (
+    KEYS,
+    NUM,
+    exact_in_chroma,
+    inexact_in_chroma,
+    to_where,
+)
 
 # Chroma's own HNSW defaults; hnsw_m is Chroma's "max_neighbors".
 _DEFAULTS: dict[str, int] = {"hnsw_m": 16, "ef_construction": 100, "ef_search": 100}
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 _PREFIX = "ragkit_"
 _DIM_KEY = "ragkit:dim"
 _FORMAT_KEY = "ragkit:format"
@@ -75,9 +95,7 @@ _DEFAULT_BATCH = 5461  # what chromadb 1.5 reports; the client's own value is us
 
 def chroma_name(collection: str) -> str:
     """The Chroma collection name for a ragkit collection name (deterministic, one-to-one)."""
-    if not _NAME.match(collection):
-        raise ConfigError(f"collection name {collection!r}: use 1-63 letters, digits, '_' or '-'")
-    name = _PREFIX + collection
+    name = _PREFIX + check_collection_name(collection)
     return name if collection[-1].isalnum() else name + ".x"
 
 
@@ -242,6 +260,12 @@ class ChromaStore(StoreBase):
         self._opts = opts
         self._lock = threading.RLock()
         self._key = _client_key(config)
+        if self._key[0] == "path" and not folder_writable(Path(self._key[1])):
+            raise StoreError(
+                f"chroma collection {collection!r}: the folder {self._key[1]} is read-only, "
+                "and the embedded Chroma opens its database for writing even to search; copy "
+                "the folder somewhere writable, or serve it from a Chroma server (--store-url)"
+            )
         self._client: Any = _acquire_client(self._key)
         try:
             with self._errors("open"):
@@ -383,8 +407,10 @@ class ChromaStore(StoreBase):
     # --- reads -----------------------------------------------------------------------------
 
     def _search(self, q: np.ndarray, k: int, where: Filter | None) -> list[Hit]:
-        native = to_where(where) if where is not None else None
         col = self._collection()
+        if where is not None and not exact_in_chroma(where):
+            return self._checked_search(col, q, k, where)
+        native = to_where(where) if where is not None else None
         with self._errors("search"):
             total = col.count()
             if total == 0:
@@ -415,19 +441,42 @@ class ChromaStore(StoreBase):
                     return hits
             return self._exact_search(col, q, n, native)
 
-    def _exact_search(self, col: Any, q: np.ndarray, k: int, native: dict | None) -> list[Hit]:
+    def _checked_search(self, col: Any, q: np.ndarray, k: int, where: Filter) -> list[Hit]:
+        """A filter Chroma would answer inexactly (numbers past 2**53): the records of a
+        superset it answers exactly, kept by the reference evaluator, ranked exactly."""
+        relaxed = superset(where, inexact_in_chroma)
+        if relaxed is False:
+            return []
+        native = None if relaxed is True else to_where(relaxed)  # type: ignore[arg-type]
+        with self._errors("search"):
+            return self._exact_search(col, q, k, native, keep=where)
+
+    def _exact_search(
+        self, col: Any, q: np.ndarray, k: int, native: dict | None, keep: Filter | None = None
+    ) -> list[Hit]:
         qn = q / max(float(np.linalg.norm(q)), 1e-12)
         best_ids: list[str] = []
         best = np.empty(0, dtype=np.float32)
         offset = 0
+        include = ["embeddings", "metadatas"] if keep is not None else ["embeddings"]
         while True:
-            page = col.get(where=native, include=["embeddings"], limit=self._batch, offset=offset)
+            page = col.get(where=native, include=include, limit=self._batch, offset=offset)
             if not page["ids"]:
                 break
             offset += len(page["ids"])
             emb = np.asarray(page["embeddings"], dtype=np.float32)
+            page_ids = list(page["ids"])
+            if keep is not None:
+                rows = [
+                    i
+                    for i, meta in enumerate(page["metadatas"])
+                    if evaluate(keep, _user_metadata(meta))
+                ]
+                emb, page_ids = emb[rows].reshape(-1, self.dim), [page_ids[i] for i in rows]
+                if not page_ids:
+                    continue
             emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-            ids = best_ids + list(page["ids"])
+            ids = best_ids + page_ids
             scores = np.concatenate([best, emb @ qn])
             top = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
             top = top[np.argsort(-scores[top], kind="stable")]

@@ -11,6 +11,14 @@ for, each checked against the engine (``tests/test_chroma.py`` runs a differenti
 * Chroma truncates a float operand compared with an integer field (``{"n": 2.5}`` matches
   ``n == 2``), so an operand with a fractional part is rewritten with integer bounds.
 
+* Chroma compares an integer with a float past 2**53 inexactly (``2**63 - 1`` equals the
+  float ``2.0**63`` there, and ``1e20`` equals ``2**63 - 1``). A comparison with a number of
+  that size (:func:`inexact_in_chroma`) is not sent to Chroma: the store asks Chroma for a
+  superset without it (:func:`rag.filters.superset`) and keeps what the reference evaluator
+  accepts, so such filters cost an exact scan of the candidates.
+* Chroma's SQLite refuses an expression nested past 1,000 levels, and reads a list of
+  clauses as a chain as deep as the list is long: long lists are nested in groups of 16.
+
 The rest already holds in Chroma: equality is type-aware (``1`` does not match ``True``,
 ``2`` matches ``2.0``), range operators only match numbers, and any key the metadata rule
 allows ("Header 1", "título") is a field name as it is. The internal lists are named with
@@ -22,12 +30,30 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rag.filters import And, Comparison, Filter, Not, Or
+from rag.filters import And, Comparison, Filter, Not, Or, walk
 
 #: The record's field names, so that "field is present" is expressible.
 KEYS = "ragkit:keys"
 #: Its numeric fields, so that "field is not a number" is expressible.
 NUM = "ragkit:num"
+
+
+#: Chroma compares numbers exactly up to here (a double holds every integer up to 2**53).
+_EXACT = 2**53
+
+
+def inexact_in_chroma(c: Comparison) -> bool:
+    """Whether Chroma may answer ``c`` wrongly: a numeric operand past 2**53."""
+    operands = c.value if isinstance(c.value, tuple) else (c.value,)
+    return any(
+        isinstance(v, int | float) and not isinstance(v, bool) and abs(v) >= _EXACT
+        for v in operands
+    )
+
+
+def exact_in_chroma(flt: Filter) -> bool:
+    """Whether Chroma answers every comparison of ``flt`` exactly."""
+    return not any(isinstance(n, Comparison) and inexact_in_chroma(n) for n in walk(flt))
 
 
 def to_where(flt: Filter, *, negate: bool = False) -> dict[str, Any]:
@@ -42,11 +68,19 @@ def to_where(flt: Filter, *, negate: bool = False) -> dict[str, Any]:
     return _negated(flt) if negate else _positive(flt)
 
 
+#: The most clauses under one $and / $or: Chroma's SQLite reads a list of n clauses as a
+#: tree n deep, and refuses one past 1,000 levels, so longer lists are nested in groups.
+_FAN_OUT = 16
+
+
 def _join(op: str, items: list[dict[str, Any]]) -> dict[str, Any]:
     # Chroma wants at least two clauses under $and / $or; nested ones of the same kind merge.
     flat: list[dict[str, Any]] = []
     for item in items:
         flat.extend(item[op] if set(item) == {op} else [item])
+    while len(flat) > _FAN_OUT:
+        groups = [flat[i : i + _FAN_OUT] for i in range(0, len(flat), _FAN_OUT)]
+        flat = [g[0] if len(g) == 1 else {op: g} for g in groups]
     return flat[0] if len(flat) == 1 else {op: flat}
 
 

@@ -593,6 +593,7 @@ REFUSED_METADATA: list[tuple[str, dict[str, Any]]] = [
     ("key-with-dollar", {"$x": 1}),
     ("empty-key", {"": 1}),
     ("key-65-chars", {"k" * 65: 1}),
+    ("key-with-newline", {"a\n": 1}),
     ("nan", {"f": float("nan")}),
     ("nul-in-string", {"s": "a\x00b"}),
 ]

@@ -8,6 +8,15 @@ snapshot when its generation matches and otherwise rebuilds the index from SQLit
 process killed at any moment loses nothing that a call had returned from, and never leaves
 the two disagreeing. The cost is that vectors are stored twice on disk.
 
+A folder this process cannot write to (a read-only mount, say) opens read-only: SQLite is
+opened with ``mode=ro``, no pragma or snapshot is written, the index is built in memory
+when the snapshot is stale, and ``upsert``, ``delete`` and ``drop`` raise
+:class:`~rag.errors.StoreError`. SQLite cannot open a WAL database read-only without its
+``-shm`` file, which a clean close removes; the database is then opened as immutable, which
+takes the folder for a snapshot nobody writes to while it is read. A folder whose
+write-ahead log still holds writes (a writer was killed, or is running) cannot be read that
+way and raises :class:`~rag.errors.StoreError`.
+
 Search is exact inner product (``IndexFlatIP``) by default; ``index=hnsw`` builds an HNSW
 graph (``hnsw_m``, ``ef_construction``, ``ef_search``). HNSW cannot remove points, so
 replaced or deleted rows are masked out of searches until the next rebuild (on open, or
@@ -47,7 +56,7 @@ import numpy as np
 
 from rag.errors import CollectionNotFoundError, DimensionMismatchError, StoreError
 from rag.filters import ALL_OPS, And, Comparison, Filter, Not, Or
-from rag.store import Capabilities, StoreBase, StoreConfig, read_options
+from rag.store import Capabilities, StoreBase, StoreConfig, folder_writable, read_options
 from rag.types import Chunk, Hit
 from vectorstores.faiss_columns import ColumnCache, json_path
 
@@ -76,10 +85,10 @@ class FaissStore(StoreBase):
     def __init__(
         self, collection: str, *, dim: int, config: StoreConfig, create: bool = True
     ) -> None:
+        self.collection = collection  # checked before it becomes a path
         import faiss
 
         self._faiss = faiss
-        self.collection = collection
         opts = read_options(config.options, _DEFAULTS, backend=self.name)
         if opts["index"] not in ("flat", "hnsw", "ivf"):
             raise StoreError(f"faiss option index={opts['index']!r}: choose flat, hnsw or ivf")
@@ -88,32 +97,55 @@ class FaissStore(StoreBase):
         self._opts = opts
         if opts["index"] in ("hnsw", "ivf"):
             self.capabilities = Capabilities(filter_ops=ALL_OPS, exact_search=False)
-        self.path = Path(config.data_dir) / collection
+        self.path = Path(config.data_dir) / self.collection
         db_file = self.path / "chunks.sqlite"
-        if not db_file.exists():
-            if not create:
-                raise CollectionNotFoundError(
-                    f"faiss collection {collection!r} does not exist in {self.path.parent}"
-                )
-            self.path.mkdir(parents=True, exist_ok=True)
+        #: True when the folder cannot be written: searches work, writes raise StoreError.
+        self.read_only = False
+        if db_file.exists():
+            self.read_only = not (folder_writable(self.path) and os.access(db_file, os.W_OK))
+        elif not create:
+            raise CollectionNotFoundError(
+                f"faiss collection {collection!r} does not exist in {self.path.parent}"
+            )
+        else:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(
+                    f"faiss collection {collection!r} cannot be created in {self.path.parent}: "
+                    f"{e.strerror or e}"
+                ) from e
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(db_file, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS chunks (
-                rowid INTEGER PRIMARY KEY AUTOINCREMENT,
-                id TEXT NOT NULL UNIQUE,
-                text TEXT NOT NULL,
-                metadata TEXT NOT NULL,
-                vector BLOB NOT NULL
-            );
-            CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-            """
-        )
-        stored_dim = self._state("dim")
+        if self.read_only:
+            self._db = self._open_read_only(db_file)
+        else:
+            self._db = sqlite3.connect(db_file, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS chunks (
+                    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+                    id TEXT NOT NULL UNIQUE,
+                    text TEXT NOT NULL,
+                    metadata TEXT NOT NULL,
+                    vector BLOB NOT NULL
+                );
+                CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                """
+            )
+        try:
+            stored_dim = self._state("dim")
+        except sqlite3.DatabaseError as e:  # read-only, and not a collection this store made
+            self._db.close()
+            raise StoreError(f"faiss collection {collection!r} in {self.path}: {e}") from e
+        if stored_dim is None and self.read_only:
+            self._db.close()
+            raise StoreError(
+                f"faiss collection {collection!r} in {self.path} was never written to, and its "
+                "folder is read-only"
+            )
         if stored_dim is None:
             self._set_state("dim", str(dim))
             self._set_state("generation", "0")
@@ -131,6 +163,34 @@ class FaissStore(StoreBase):
         self._index = self._load_or_build()
 
     # --- persistence -----------------------------------------------------------------------
+
+    def _open_read_only(self, db_file: Path) -> sqlite3.Connection:
+        """SQLite on a folder this process cannot write: ``mode=ro``, or immutable when the
+        WAL's ``-shm`` file is gone and cannot be made (see the module docstring)."""
+        uri = f"{db_file.absolute().as_uri()}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            db.close()
+        wal = db_file.with_name(db_file.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StoreError(
+                f"faiss collection {self.collection!r} in {self.path} is read-only, and its "
+                "write-ahead log holds writes not yet merged (a writer was stopped, or is "
+                "running); open it once where the folder is writable, then read it here"
+            )
+        return sqlite3.connect(
+            f"{uri}&immutable=1", uri=True, check_same_thread=False, isolation_level=None
+        )
+
+    def _check_writable(self, action: str) -> None:
+        if self.read_only:
+            raise StoreError(
+                f"faiss collection {self.collection!r} in {self.path} is read-only (this "
+                f"process cannot write to its folder): {action} is refused; searches work"
+            )
 
     def _state(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
@@ -235,7 +295,7 @@ class FaissStore(StoreBase):
         only costs a rebuild on the next open)."""
         with self._lock:
             gen = self._generation()
-            if gen == self._saved_generation:
+            if gen == self._saved_generation or self.read_only:
                 return
             index_file, info_file = self._snapshot_paths()
             tmp = index_file.with_suffix(".faiss.tmp")
@@ -255,6 +315,7 @@ class FaissStore(StoreBase):
     # --- the contract ----------------------------------------------------------------------
 
     def _upsert(self, chunks: list[Chunk], vecs: np.ndarray) -> None:
+        self._check_writable("upsert")
         with self._lock:
             db = self._db
             try:
@@ -331,6 +392,7 @@ class FaissStore(StoreBase):
         return out
 
     def _delete(self, ids: list[str]) -> None:
+        self._check_writable("delete")
         with self._lock:
             db = self._db
             try:
@@ -472,6 +534,7 @@ class FaissStore(StoreBase):
             yield chunks, vecs.copy()
 
     def drop(self) -> None:
+        self._check_writable("drop")
         with self._lock:
             self._db.close()
             shutil.rmtree(self.path, ignore_errors=True)
@@ -494,16 +557,24 @@ class FaissStore(StoreBase):
 def to_sql(flt: Filter) -> tuple[str, list[Any]]:
     """A WHERE clause over ``chunks.metadata`` with the reference semantics: every
     comparison on a missing field is false, booleans only equal booleans."""
-    if isinstance(flt, And):
-        parts = [to_sql(f) for f in flt.items]
-        return "(" + " AND ".join(p for p, _ in parts) + ")", [x for _, ps in parts for x in ps]
-    if isinstance(flt, Or):
-        parts = [to_sql(f) for f in flt.items]
-        return "(" + " OR ".join(p for p, _ in parts) + ")", [x for _, ps in parts for x in ps]
+    if isinstance(flt, And | Or):
+        return _balanced(
+            " AND " if isinstance(flt, And) else " OR ", [to_sql(f) for f in flt.items]
+        )
     if isinstance(flt, Not):
         sql, params = to_sql(flt.item)
         return f"(NOT {sql})", params
     return _comparison(flt)
+
+
+def _balanced(joiner: str, parts: list[tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
+    """``a AND b AND c ...`` as a balanced tree: SQLite parses a chain into a tree as deep
+    as the chain is long, and refuses one past 1,000 levels."""
+    if len(parts) == 1:
+        return parts[0]
+    mid = len(parts) // 2
+    left, right = _balanced(joiner, parts[:mid]), _balanced(joiner, parts[mid:])
+    return f"({left[0]}{joiner}{right[0]})", left[1] + right[1]
 
 
 def _comparison(c: Comparison) -> tuple[str, list[Any]]:

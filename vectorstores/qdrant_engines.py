@@ -233,9 +233,11 @@ class EdgeEngine:
     def count(self, native: Any = None) -> int:
         return self.shard.count(self._qe.CountRequest(exact=True, filter=native))
 
-    def scroll(self, offset: Any, limit: int) -> tuple[list[tuple[Any, Any, Any]], Any]:
+    def scroll(
+        self, offset: Any, limit: int, native: Any = None
+    ) -> tuple[list[tuple[Any, Any, Any]], Any]:
         request = self._qe.ScrollRequest(
-            offset=offset, limit=limit, with_payload=True, with_vector=True
+            offset=offset, limit=limit, filter=native, with_payload=True, with_vector=True
         )
         records, nxt = self.shard.scroll(request)
         return [(r.id, r.payload, r.vector) for r in records], nxt
@@ -409,9 +411,16 @@ class ClientEngine:
     def count(self, native: Any = None) -> int:
         return self._client.count(self._name, count_filter=native, exact=True).count
 
-    def scroll(self, offset: Any, limit: int) -> tuple[list[tuple[Any, Any, Any]], Any]:
+    def scroll(
+        self, offset: Any, limit: int, native: Any = None
+    ) -> tuple[list[tuple[Any, Any, Any]], Any]:
         records, nxt = self._client.scroll(
-            self._name, limit=limit, offset=offset, with_payload=True, with_vectors=True
+            self._name,
+            scroll_filter=native,
+            limit=limit,
+            offset=offset,
+            with_payload=True,
+            with_vectors=True,
         )
         return [(r.id, r.payload, r.vector) for r in records], nxt
 

@@ -1,5 +1,5 @@
-"""The portable filter language translated to Qdrant's filters, and the payload indexes a
-filter wants.
+"""The portable filter language translated to Qdrant's filters, and whether a filter's
+fields have the payload indexes it needs.
 
 One translator serves both Qdrant APIs: the in-process engine (``qdrant_edge``) and
 ``qdrant_client`` (local mode and servers) spell the same conditions with different classes,
@@ -14,10 +14,11 @@ translation compensates for, each checked against the engines:
 * ``MatchValue`` takes strings, integers and booleans but no floats, and an integer does not
   match a float payload (``1`` misses ``1.0``). Numeric equality is a closed range
   ``gte=v, lte=v``, which compares every number by value and never matches a string or a
-  boolean. Ranges work on doubles, so integers beyond 2**53 compare approximately (the edge
-  engine rounds the payload, local mode does not): equality with an integer operand past
-  2**53 is therefore ``MatchValue``, exact on integer payloads (a float payload of that size
-  is then never equal to it). Range operators on such integers stay approximate.
+  boolean. Ranges work on doubles, so numbers of 2**53 or more compare approximately (the
+  edge engine rounds the payload, local mode does not), and ``MatchValue`` with an integer
+  never matches a float payload. A comparison with an operand of that size
+  (:func:`inexact_in_qdrant`) is therefore not sent to Qdrant: the store asks for a superset
+  without it (:func:`rag.filters.superset`) and keeps what the reference evaluator accepts.
 * qdrant-edge 0.9 reads ``MatchValue(True)`` as ``MatchValue(1)`` (its binding tries integer
   before boolean), which matches the integer 1 and misses ``true``. Booleans go to the edge
   engine as ``numpy.bool_``, which it reads as a boolean.
@@ -87,6 +88,21 @@ class Builder(Protocol):
     def filter(
         self, *, must: list | None = None, should: list | None = None, must_not: list | None = None
     ) -> Any: ...
+
+
+def inexact_in_qdrant(c: Comparison) -> bool:
+    """Whether Qdrant may answer ``c`` wrongly: a numeric operand of 2**53 or more, which
+    it compares as a double (ranges, and equality with a float payload)."""
+    operands = c.value if isinstance(c.value, tuple) else (c.value,)
+    return any(
+        isinstance(v, int | float) and not isinstance(v, bool) and abs(v) >= _EXACT_INT
+        for v in operands
+    )
+
+
+def exact_in_qdrant(flt: Filter) -> bool:
+    """Whether Qdrant answers every comparison of ``flt`` exactly."""
+    return not any(isinstance(n, Comparison) and inexact_in_qdrant(n) for n in walk(flt))
 
 
 def translate(flt: Filter, b: Builder) -> Any:
@@ -232,12 +248,12 @@ class ClientBuilder:
 
 
 def wanted_indexes(flt: Filter | None) -> dict[str, str]:
-    """The payload index each field of ``flt`` should have: ``keyword``, ``float`` or
-    ``bool``, judged from the operands. A field compared with operands of several kinds gets
-    none (Qdrant keeps one index type per field; the filter still works, unindexed)."""
-    kinds: dict[str, set[str]] = {f: set() for f in fields(flt)}
+    """The payload index each field of ``flt`` needs: ``keyword``, ``float`` or ``bool``,
+    judged from the operands. A field compared with operands of several kinds is left out
+    (Qdrant keeps one index type per field)."""
     if flt is None:
         return {}
+    kinds: dict[str, set[str]] = {f: set() for f in fields(flt)}
     for node in walk(flt):
         if not isinstance(node, Comparison):
             continue
@@ -250,3 +266,11 @@ def wanted_indexes(flt: Filter | None) -> dict[str, str]:
             else:
                 kinds[node.field].add("keyword")
     return {f: next(iter(k)) for f, k in kinds.items() if len(k) == 1}
+
+
+def fully_indexed(flt: Filter, indexed: dict[str, str]) -> bool:
+    """Whether every field of ``flt`` has a payload index of the kind its operands need.
+    Without one, Qdrant's filtered HNSW walks blind: recall@10 fell to 0.07 for a filter
+    matching 10% of 10k clustered points (with the index and ACORN: 0.9+)."""
+    wanted = wanted_indexes(flt)
+    return len(wanted) == len(fields(flt)) and all(indexed.get(f) == t for f, t in wanted.items())
