@@ -70,9 +70,11 @@ class Hit:
 class Answer:
     """A generated answer with the passages it was given.
 
-    ``sources`` are the retrieved passages in the order they were numbered in the prompt
-    (passage ``[n]`` is ``sources[n - 1]``); ``citations`` lists the numbers the answer
-    actually cites, in order of first appearance.
+    ``sources`` are the passages the generator was given, in the order they were numbered
+    in the prompt (passage ``[n]`` is ``sources[n - 1]``): the retrieved ones that fit its
+    context. ``left_out`` counts the retrieved passages that did not fit and were not
+    given. ``citations`` lists the numbers the answer actually cites, in order of first
+    appearance.
     """
 
     text: str
@@ -86,6 +88,8 @@ class Answer:
     attributed: bool = False
     #: What was searched for: the question, or its standalone rewrite in a conversation.
     query: str = ""
+    #: Retrieved passages left out of the prompt (they did not fit the model's context).
+    left_out: int = 0
 
     @property
     def cited(self) -> list[Hit]:
@@ -95,6 +99,7 @@ class Answer:
         return {
             "answer": self.text,
             "sources": [hit.to_json() for hit in self.sources],
+            "left_out": self.left_out,
             "citations": list(self.citations),
             "citations_by": "ragkit" if self.attributed else self.generator,
             "query": self.query,

@@ -54,13 +54,16 @@ class ChatServer:
     ``reply`` is the canned answer (or a function of the request's messages returning it),
     sent in word-sized pieces when streaming; ``backend`` answers with a real model
     instead. ``models`` are listed at ``/v1/models``; a request naming another model gets a
-    404 like OpenAI's. With ``api_key``, other keys get a 401.
+    404 like OpenAI's. With ``api_key``, other keys get a 401. With ``fail`` (status,
+    content type, body), every request gets that answer instead, as a broken or hostile
+    server would send it.
     """
 
     reply: str | Callable[[Messages], str] = "This is a canned reply [1]."
     backend: ChatBackend | None = None
     models: Sequence[str] = ("test-model",)
     api_key: str | None = None
+    fail: tuple[int, str, str] | None = None
     requests: list[RecordedRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -151,7 +154,22 @@ class _Handler(BaseHTTPRequestHandler):
             status, {"error": {"message": message, "type": kind, "code": code, "param": None}}
         )
 
+    def _failed(self) -> bool:
+        fail = self.chat_server.fail
+        if fail is None:
+            return False
+        status, content_type, body = fail
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        return True
+
     def _authorised(self) -> bool:
+        if self._failed():
+            return False
         key = self.chat_server.api_key
         if key is None or self.headers.get("Authorization") == f"Bearer {key}":
             return True

@@ -7,6 +7,7 @@ answering with a canned reply or with the local model.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -547,3 +548,268 @@ def test_stop_repeats_cuts_a_loop_and_keeps_normal_text() -> None:
         "FAISS is the default store again? No.",
     ]
     assert "".join(stop_repeats(iter(normal))) == "".join(normal)
+
+
+# -- what the answer says it used -------------------------------------------------------------
+
+
+class _Fitting(_Scripted):
+    """A scripted generator whose prompt holds only its first ``room`` passages."""
+
+    def __init__(self, pieces: list[str], room: int) -> None:
+        super().__init__(pieces)
+        self.room = room
+
+    def fit(self, question: str, sources: Sequence[Hit], *, history: Sequence = ()) -> int:
+        return min(self.room, len(sources))
+
+
+def test_answer_lists_only_the_passages_the_generator_was_given(sources: list[Hit]) -> None:
+    gen = _Fitting(["FAISS [1], and [3]."], room=2)
+    result = answer(gen, "Which store?", sources)
+    assert gen.seen == [("Which store?", 2, ())]
+    assert result.sources == sources[:2] and result.left_out == 1
+    assert result.citations == [1]  # [3] was not given: not a citation
+    assert result.to_json()["left_out"] == 1 and len(result.to_json()["sources"]) == 2
+    everything = answer(_Scripted(["ok [3]."]), "Which store?", sources)
+    assert everything.sources == sources and everything.left_out == 0
+
+
+def test_keep_all_shrinks_long_passages_and_drops_none() -> None:
+    """The local model's retry after a context overflow cuts passages instead of dropping
+    any: the answer still lists exactly the passages it was given."""
+    from rag.generation.prompt import passages_that_fit
+
+    hits = [make_hit(1, "Short fact one.")] + [
+        make_hit(n, f"Long passage {n}. " + "word " * 400) for n in range(2, 6)
+    ]
+    fitted = build_messages("Q?", hits, max_prompt_tokens=600)
+    assert passages_that_fit("Q?", hits, max_prompt_tokens=600) == 2
+    assert fitted[-1]["content"].count("Passage [") == 2
+    kept = build_messages("Q?", hits, max_prompt_tokens=600, keep_all=True)
+    user = kept[-1]["content"]
+    assert [f"Passage [{n}]" in user for n in range(1, 6)] == [True] * 5
+    assert "Short fact one." in user and user.count(" …") == 4  # the long ones cut
+    assert sum(approx_tokens(m["content"]) + 4 for m in kept) <= 600
+
+
+def test_no_passages_means_no_model_call_for_any_generator(chat_server: ChatServer) -> None:
+    """With nothing retrieved every generator gives the same answer, and no model is asked
+    (a small model echoes its prompt when it has nothing to answer from)."""
+
+    class Refusing(_Scripted):
+        def stream(self, question: str, sources: Sequence[Hit], *, history=()) -> Iterator[str]:
+            raise AssertionError("the model must not be called without passages")
+
+    for gen in (Refusing([]), _openai(chat_server), ExtractiveGenerator(hashing_embed)):
+        tokens: list[str] = []
+        result = answer(gen, "Anything?", [], history=[("q", "a")], on_token=tokens.append)
+        assert result.text == NO_SOURCES and tokens == [NO_SOURCES], gen.name
+        assert (result.sources, result.citations, result.left_out) == ([], [], 0)
+        assert result.generator == gen.name and result.model == gen.model
+    assert chat_server.chat_requests == []
+
+
+def test_the_cli_says_how_many_passages_were_left_out(
+    sources: list[Hit], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from apps.cli.query import _print_sources
+
+    result = answer(_Fitting(["FAISS [1]."], room=1), "Which store?", sources)
+    _print_sources(result)
+    out = capsys.readouterr().out
+    assert " *[1] " in out and "stores.md" in out and "[2]" not in out
+    assert "2 more passages were retrieved but left out" in out
+
+
+@pytest.mark.slow
+def test_the_local_model_is_given_what_fits_and_the_answer_lists_exactly_that(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import rag.generation.local as local
+
+    prompts: list[str] = []
+    build = local.build_messages
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        messages = build(*args, **kwargs)
+        prompts.append(messages[-1]["content"])
+        return messages
+
+    monkeypatch.setattr(local, "build_messages", spy)
+    hits = [
+        make_hit(n, f"Fact {n}: " + "the harbour lamp is lit at dusk. " * 12) for n in range(1, 41)
+    ]
+    gen = local.LocalGenerator(n_ctx=1024, max_tokens=16)
+    result = answer(gen, "When is the lamp lit?", hits)
+    shown = re.findall(r"^Passage \[(\d+)\]", prompts[-1], re.MULTILINE)
+    assert 0 < len(shown) < 40
+    assert [int(n) for n in shown] == list(range(1, len(result.sources) + 1))
+    assert result.sources == hits[: len(shown)] and result.left_out == 40 - len(shown)
+
+    # Nothing retrieved: the model is not asked (it used to echo its prompt).
+    prompts.clear()
+    empty = answer(gen, "When is the lamp lit?", [])
+    assert empty.text == NO_SOURCES and prompts == []
+
+
+# -- endpoint URLs: credentials stay out of every message ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://127.0.0.1:8080/v1", "http://127.0.0.1:8080/v1"),
+        ("https://api.openai.com/v1/", "https://api.openai.com/v1/"),
+        ("http://user:pass@host:8080/v1", "http://***@host:8080/v1"),
+        ("http://token@host/v1", "http://***@host/v1"),
+        ("https://host/v1?api-key=sk-1&x=2", "https://host/v1?***"),
+        ("https://u:p@host/v1?key=k#frag", "https://***@host/v1?***#***"),
+        ("http://a@b:c@host/v1", "http://***@host/v1"),
+        ("user:pass@host/v1", "***@host/v1"),
+        ("http://[::1]:8000/v1", "http://[::1]:8000/v1"),
+        ("HTTP://U:P@Host/v1", "HTTP://***@Host/v1"),
+    ],
+)
+def test_redact_url_hides_user_info_and_query(url: str, shown: str) -> None:
+    from rag.generation.openai_compat import redact_url
+
+    assert redact_url(url) == shown
+
+
+SECRET_URL = "http://user:s3cret-pass@127.0.0.1:{port}/v1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:  # free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_endpoint_credentials_are_not_in_error_messages(sources: list[Hit]) -> None:
+    from rag.generation.openai_compat import OpenAIGenerator
+
+    port = _free_port()
+    url = SECRET_URL.format(port=port) + "?api-key=s3cret-query"
+    gen = OpenAIGenerator("m", base_url=url, api_key=None, timeout=5)
+    with pytest.raises(GenerationError) as info:
+        list(gen.stream("q", sources))
+    message = str(info.value)
+    assert "s3cret" not in message
+    assert f"endpoint at http://***@127.0.0.1:{port}/v1?***" in message
+    with pytest.raises(GenerationError) as info:
+        OpenAIGenerator(None, base_url=url, api_key=None, timeout=5)
+    assert "s3cret" not in str(info.value) and "http://***@127.0.0.1" in str(info.value)
+
+    with ChatServer() as server:
+        url = SECRET_URL.format(port=server.port)
+        with pytest.raises(GenerationError) as info:
+            list(OpenAIGenerator("nope", base_url=url, api_key=None).stream("q", sources))
+        assert str(info.value) == f"model nope not found at http://***@127.0.0.1:{server.port}/v1"
+        # The full URL is still the one requests go to.
+        assert server.chat_requests
+
+
+def test_endpoint_error_bodies_are_cut_to_a_short_clean_reason(sources: list[Hit]) -> None:
+    from rag.generation.openai_compat import OpenAIGenerator
+
+    page = "<html><body>" + "intranet payroll table " * 300 + "</body></html>"
+    with ChatServer(fail=(500, "text/html", page)) as server:
+        url = server.base_url
+        gen = OpenAIGenerator("test-model", base_url=url, api_key=None)
+        with pytest.raises(GenerationError) as info:
+            list(gen.stream("q", sources))
+    message = str(info.value)
+    assert message.startswith(f"the endpoint at {url} answered 500")
+    assert "payroll" not in message and "<html" not in message, message
+
+    # Another API's JSON (an internal service reached through the endpoint URL): not repeated.
+    other = json.dumps({"users": [{"name": "alice", "salary": "payroll 1"}]})
+    with ChatServer(fail=(400, "application/json", other)) as server:
+        gen = OpenAIGenerator("test-model", base_url=server.base_url, api_key=None)
+        with pytest.raises(GenerationError) as info:
+            list(gen.stream("q", sources))
+    assert str(info.value).endswith("answered 400") and "payroll" not in str(info.value)
+
+    noisy = json.dumps({"error": {"message": "\x1b[31mbad\x07 request: " + "x" * 500}})
+    with ChatServer(fail=(400, "application/json", noisy)) as server:
+        gen = OpenAIGenerator("test-model", base_url=server.base_url, api_key=None)
+        with pytest.raises(GenerationError) as info:
+            list(gen.stream("q", sources))
+    message = str(info.value)
+    reason = message.partition("answered 400: ")[2]
+    assert reason.startswith("[31mbad request: xxx") or reason.startswith("bad request: xxx")
+    assert "\x1b" not in message and "\x07" not in message
+    assert len(reason) <= 120, reason
+
+
+# -- the CLI, with an endpoint --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """``data/`` ingested with the hashing embedder; the environment for ``rag`` on it."""
+    import os
+
+    from rag import open_collection
+
+    data_dir = tmp_path_factory.mktemp("cli") / "rag"
+    with open_collection(
+        Settings(data_dir=data_dir, embed_model="hashing-384", embed_backend="hashing"),
+        create=True,
+    ) as col:
+        assert col.ingest([REPO / "data"]).total_chunks > 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "RAG_"))}
+    env.update(
+        {"RAG_DATA_DIR": str(data_dir), "RAG_EMBED_MODEL": "hashing-384",
+         "RAG_EMBED_BACKEND": "hashing", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    )  # fmt: skip
+    return env
+
+
+def rag_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "apps.cli", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_the_cli_never_shows_endpoint_credentials(cli_env: dict[str, str]) -> None:
+    question = "What is the default vector store?"
+    with ChatServer(reply="FAISS [1].") as server:
+        env = {**cli_env, "OPENAI_BASE_URL": SECRET_URL.format(port=server.port)}
+        text = rag_cli(env, "ask", question)
+        assert text.returncode == 0, text.stderr
+        assert "— openai: test-model" in text.stdout
+        as_json = rag_cli(env, "ask", question, "--json")
+        assert as_json.returncode == 0 and json.loads(as_json.stdout)["model"] == "test-model"
+        failed = rag_cli({**env, "RAG_LLM_MODEL": "nope"}, "ask", question)
+        assert failed.returncode != 0
+        assert f"model nope not found at http://***@127.0.0.1:{server.port}/v1" in failed.stderr
+    port = _free_port()
+    unreachable = {**cli_env, "OPENAI_BASE_URL": SECRET_URL.format(port=port) + "?k=s3cret-q"}
+    refused = rag_cli(unreachable, "ask", question, "--json")
+    assert refused.returncode != 0 and f"http://***@127.0.0.1:{port}/v1?***" in refused.stderr
+    for run in (text, as_json, failed, refused):
+        assert "s3cret" not in run.stdout + run.stderr
+
+
+def test_the_cli_answers_no_passages_without_asking_the_endpoint(cli_env: dict[str, str]) -> None:
+    with ChatServer(reply="I repeat my prompt.") as server:
+        env = {**cli_env, "OPENAI_BASE_URL": server.base_url}
+        run = rag_cli(env, "ask", "What is it?", "--where", '{"source": "nowhere.md"}', "--json")
+        assert run.returncode == 0, run.stderr
+        out = json.loads(run.stdout)
+        assert out["answer"] == NO_SOURCES and out["sources"] == [] and out["left_out"] == 0
+        assert server.chat_requests == []
+
+
+@pytest.mark.slow
+def test_rag_ask_lists_the_passages_the_local_model_saw(cli_env: dict[str, str]) -> None:
+    run = rag_cli(
+        cli_env, "ask", "What is the default vector store?", "--k", "40",
+        "--generator", "local", "--max-tokens", "8", "--json",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)  # data/ has more than 40 chunks: 40 passages were retrieved
+    assert out["left_out"] > 0 and len(out["sources"]) + out["left_out"] == 40

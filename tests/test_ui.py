@@ -7,8 +7,10 @@ OpenAI-compatible server); the real model is exercised by tests/test_ui_browser.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +74,11 @@ def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
 
 
+def plain(markdown: str) -> str:
+    """Markdown text as it reads, backslash escapes resolved."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
 # --- chat -------------------------------------------------------------------------------------
 
 
@@ -88,7 +95,7 @@ def test_chat_answers_with_linked_citations_keeps_history_and_starts_over(ingest
     # The answer is rendered with each citation a link to its passage's anchor...
     md = texts(at.markdown)
     first = rec["citations"][0]
-    assert f"](#cite-{rec['id']}-{first})" in md
+    assert f'<a href="#cite-{rec["id"]}-{first}">[{first}]</a>' in md
     assert f'id="cite-{rec["id"]}-{first}"' in md
     # ...one expander per retrieved passage, naming its file and marking the cited ones.
     labels = [e.label for e in at.expander]
@@ -141,6 +148,7 @@ def test_generator_picker_uses_the_endpoint_and_never_sends_the_key_elsewhere(
     ingested: Path, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
+    monkeypatch.setenv("RAG_UI_ALLOW_ANY_ENDPOINT", "1")  # the operator allows typed URLs
     with ChatServer(reply="FAISS is the default store [1].") as server:
         at = app()
         at.sidebar.selectbox(key="generator").set_value("openai").run()
@@ -157,7 +165,7 @@ def test_generator_picker_uses_the_endpoint_and_never_sends_the_key_elsewhere(
         (rec,) = answers(at)
         assert (rec["generator"], rec["model"]) == ("openai", "test-model")
         assert rec["text"] == "FAISS is the default store [1]." and rec["citations"] == [1]
-        assert server.base_url in texts(at.caption)
+        assert server.base_url in plain(texts(at.caption))
         (request,) = server.chat_requests
         # A URL typed into the page does not get the server's key.
         assert "sk-from-the-environment" not in request.headers.get("authorization", "")
@@ -264,10 +272,11 @@ def test_errors_are_messages_not_tracebacks(ingested: Path, monkeypatch: pytest.
     assert at.chat_input[0].disabled
 
 
-def test_an_unreachable_endpoint_is_a_message(ingested: Path):
+def test_an_unreachable_endpoint_is_a_message(ingested: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("RAG_UI_ENDPOINTS", "http://127.0.0.1:9/v1")
     at = app()
     at.sidebar.selectbox(key="generator").set_value("openai").run()
-    at.sidebar.text_input(key="base_url").set_value("http://127.0.0.1:9/v1")
+    at.sidebar.selectbox(key="endpoint").set_value("http://127.0.0.1:9/v1")
     at.sidebar.text_input(key="llm_model").set_value("m")
     at.run()
     at.chat_input[0].set_value(QUESTION).run()
@@ -275,6 +284,133 @@ def test_an_unreachable_endpoint_is_a_message(ingested: Path):
     assert at.error, "the failure is shown"
     assert answers(at) == []
     assert "error" in at.session_state["messages"][-1]
+
+
+def page_dump(at: AppTest) -> str:
+    """Everything the app sent to the browser: every element as its protobuf text, and
+    every widget's current value."""
+    out: list[str] = []
+
+    def walk(node: Any) -> None:
+        proto = getattr(node, "proto", None)
+        if proto is not None:
+            out.append(str(proto))
+        if not hasattr(node, "children"):
+            with contextlib.suppress(Exception):  # elements without a value
+                out.append(str(node.value))
+        for child in (getattr(node, "children", None) or {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return "\n".join(out)
+
+
+def test_the_endpoint_is_the_servers_choice_not_the_pages(
+    ingested: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Without RAG_UI_ALLOW_ANY_ENDPOINT, no URL from the page is ever requested: the
+    endpoint is the server's (OPENAI_BASE_URL) or one RAG_UI_ENDPOINTS lists."""
+    from rag.errors import ConfigError
+
+    with (
+        ChatServer(reply="FAISS [1].") as configured,
+        ChatServer(reply="FAISS, listed [1].") as listed,
+        ChatServer(reply="Whatever you want [1].") as other,
+    ):
+        monkeypatch.setenv("OPENAI_BASE_URL", configured.base_url)
+        at = app()
+        at.sidebar.selectbox(key="generator").set_value("openai").run()
+        # A URL typed into the page (what the endpoint field held) is not requested.
+        at.session_state["base_url"] = other.base_url
+        at.sidebar.text_input(key="llm_model").set_value("test-model").run()
+        at.chat_input[0].set_value(QUESTION).run()
+        no_exceptions(at)
+        assert other.requests == []
+        assert len(configured.chat_requests) == 1
+        assert [t.label for t in at.sidebar.text_input] == ["Model"]  # no field for a URL
+        assert configured.base_url in plain(texts(at.caption))
+
+        # Nor by any other way into the generator: refused before any request.
+        choice = at.session_state["choice"]
+        settings = state.settings_for(choice)
+        with pytest.raises(ConfigError, match="RAG_UI_ENDPOINTS"):
+            state.generator(settings, state.collection(settings), other.base_url)
+        assert other.requests == []
+
+        # The operator's list is a picker.
+        monkeypatch.setenv("RAG_UI_ENDPOINTS", f" {listed.base_url} ,, {configured.base_url}/")
+        at = app()
+        at.sidebar.selectbox(key="generator").set_value("openai").run()
+        picker = at.sidebar.selectbox(key="endpoint")
+        assert picker.options == [f"{configured.base_url} (the server's)", listed.base_url]
+        picker.set_value(listed.base_url)
+        at.sidebar.text_input(key="llm_model").set_value("test-model")
+        at.run()
+        at.chat_input[0].set_value(QUESTION).run()
+        no_exceptions(at)
+        assert len(listed.chat_requests) == 1 and other.requests == []
+
+        # Free entry only when the operator turns it on.
+        monkeypatch.setenv("RAG_UI_ALLOW_ANY_ENDPOINT", "1")
+        at = app()
+        at.sidebar.selectbox(key="generator").set_value("openai").run()
+        at.sidebar.text_input(key="base_url").set_value(other.base_url)
+        at.sidebar.text_input(key="llm_model").set_value("test-model")
+        at.run()
+        at.chat_input[0].set_value(QUESTION).run()
+        no_exceptions(at)
+        assert len(other.chat_requests) == 1
+
+
+def test_endpoint_credentials_are_never_on_the_page(
+    ingested: Path, monkeypatch: pytest.MonkeyPatch
+):
+    with ChatServer(reply="FAISS is the default store [1].") as server:
+        secret = f"http://user:s3cret-pass@127.0.0.1:{server.port}/v1"
+        monkeypatch.setenv("OPENAI_BASE_URL", secret)
+        monkeypatch.setenv("RAG_UI_ENDPOINTS", secret + "?key=s3cret-key")
+        for allow_any in ("", "1"):
+            monkeypatch.setenv("RAG_UI_ALLOW_ANY_ENDPOINT", allow_any)
+            at = app()
+            at.sidebar.selectbox(key="generator").set_value("openai").run()
+            at.sidebar.text_input(key="llm_model").set_value("test-model").run()
+            at.chat_input[0].set_value(QUESTION).run()
+            no_exceptions(at)
+            (rec,) = answers(at)
+            assert rec["text"] == "FAISS is the default store [1]."
+            assert f"(http://***@127.0.0.1:{server.port}/v1)" in plain(texts(at.caption))
+            assert "s3cret" not in page_dump(at), allow_any
+        # An error names the endpoint without its credentials, too.
+        monkeypatch.setenv("RAG_LLM_MODEL", "nope")
+        at = app()
+        at.sidebar.selectbox(key="generator").set_value("openai").run()
+        at.chat_input[0].set_value(QUESTION).run()
+        assert "not found at http://***@127" in plain(texts(at.error))
+        assert "s3cret" not in page_dump(at)
+
+
+def test_endpoint_error_bodies_are_not_shown(ingested: Path, monkeypatch: pytest.MonkeyPatch):
+    page = "<html><body>" + "intranet payroll ![x](http://127.0.0.1:9/beacon.png) " * 50
+    with (
+        ChatServer(fail=(500, "text/html", page)) as html,
+        ChatServer(
+            fail=(
+                400,
+                "application/json",
+                '{"error": {"message": "bad ![x](http://127.0.0.1:9/b.png)"}}',
+            )
+        ) as api,
+    ):
+        for server in (html, api):
+            monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+            at = app()
+            at.sidebar.selectbox(key="generator").set_value("openai").run()
+            at.sidebar.text_input(key="llm_model").set_value("test-model").run()
+            at.chat_input[0].set_value(QUESTION).run()
+            no_exceptions(at)
+            error = texts(at.error)
+            assert f"answered {server.fail[0]}" in error  # type: ignore[index]
+            assert "payroll" not in error and "![" not in error, error
 
 
 # --- ingestion --------------------------------------------------------------------------------
@@ -496,15 +632,29 @@ def test_ui_command_runs_streamlit_headless_on_loopback(tmp_path: Path):
 # --- rendering helpers ------------------------------------------------------------------------
 
 
-def test_citations_become_links_and_passages_cannot_break_out():
-    from apps.ui.chat import linked_text, passage_markdown
+def test_answers_and_passages_are_text_with_the_apps_own_links():
+    from apps.ui.chat import answer_html, passage_html, text_html
+    from apps.ui.state import md_text
 
-    md = linked_text("FAISS [1, 2] costs $0 <b>[9]</b>", 3, "a1")
-    assert md.startswith("FAISS [\\[1\\]](#cite-a1-1)[\\[2\\]](#cite-a1-2)")
-    assert "\\$0 &lt;b>[9]&lt;/b>" in md  # out of range: left as text; no LaTeX, no HTML
-    passage = passage_markdown("## Setup\n\nRun it.</div><script>x</script>\n### Next\nmore")
-    assert passage.startswith("**Setup**  \n\nRun it.&lt;/div>&lt;script>")
-    assert "**Next**  \nmore" in passage
+    beacon = "![x](http://evil/b.png) <img src=http://evil/i.png> $0"
+    html = answer_html(f"FAISS [1, 2] {beacon} [9]\n\nNext paragraph", 3, "a1")
+    assert html.startswith(
+        '<div class="rk-text">FAISS <a href="#cite-a1-1">[1]</a><a href="#cite-a1-2">[2]</a> '
+    )
+    # Out of range: left as text. No tag but the app's own, no line break that would end
+    # the raw HTML block (Markdown would read what follows a blank line).
+    assert "&lt;img src=http://evil/i.png&gt; $0 [9]&#10;&#10;Next paragraph</div>" in html
+    assert "\n" not in html and html.count("<") == 6  # div, a, /a, a, /a, /div
+    passage = passage_html("## Setup\r\n\r\nRun it.</div><script>x</script>\x1b[31m", "cite-a1-2")
+    assert passage == (
+        '<div id="cite-a1-2" class="rk-text rk-passage">## Setup&#10;&#10;Run it.&lt;/div&gt;'
+        "&lt;script&gt;x&lt;/script&gt;[31m</div>"
+    )
+    assert text_html("a <b>\nc") == '<div class="rk-text">a &lt;b&gt;&#10;c</div>'
+    # Labels, captions and messages: every markup character escaped, on one line.
+    assert md_text("**[1]** ![x](http://e/b.png)\n:red[x] `c` <i>") == (
+        "\\*\\*\\[1\\]\\*\\* \\!\\[x\\]\\(http\\://e/b.png\\) \\:red\\[x\\] \\`c\\` \\<i\\>"
+    )
 
 
 def test_tokens_are_painted_as_they_stream(monkeypatch: pytest.MonkeyPatch):
@@ -513,11 +663,15 @@ def test_tokens_are_painted_as_they_stream(monkeypatch: pytest.MonkeyPatch):
     painted: list[str] = []
 
     class Placeholder:
-        def markdown(self, text: str) -> None:
+        def markdown(self, text: str, *, unsafe_allow_html: bool = False) -> None:
             painted.append(text)
 
     monkeypatch.setattr(chat, "_REPAINT", 0.0)
     streamer = chat._Streamer(Placeholder())
-    for token in ["FAISS", " is", " the default."]:
+    for token in ["FAISS", " is", " ![x](http://evil/b.png)"]:
         streamer(token)
-    assert painted == ["FAISS ▌", "FAISS is ▌", "FAISS is the default. ▌"]
+    assert painted == [
+        chat.text_html("FAISS ▌"),
+        chat.text_html("FAISS is ▌"),
+        '<div class="rk-text">FAISS is ![x](http://evil/b.png) ▌</div>',
+    ]

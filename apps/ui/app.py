@@ -23,6 +23,7 @@ from apps.ui import sidebar, state  # noqa: E402
 st.set_page_config(page_title="ragkit", page_icon=":material/menu_book:", layout="centered")
 st.markdown(
     """<style>
+    .rk-text { white-space: pre-wrap; overflow-wrap: anywhere; margin-bottom: 0.5rem; }
     .rk-passage { font-size: 0.92rem; line-height: 1.45; padding: 0.25rem 0 0.25rem 0.75rem;
                   border-left: 3px solid rgba(128, 128, 128, 0.35); }
     </style>""",

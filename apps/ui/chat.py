@@ -1,11 +1,17 @@
 """The chat page: a conversation with a collection, answers streamed, every citation a link
 to the passage behind it.
 
+Passages and answers (which quote documents, and may repeat what a prompt-injected model
+was told) are shown as plain text, never as Markdown or HTML: the only markup on the page is
+the app's own, so a document cannot make a viewer's browser load an image (the beacon of an
+exfiltration), form a link or restyle the page. The citation links are built by the app.
+
 Run as a page by ``apps/ui/app.py`` (``st.navigation``); the helpers are importable.
 """
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import time
@@ -16,6 +22,7 @@ from typing import Any
 import streamlit as st
 
 from apps.ui import state
+from apps.ui.state import md_text
 from rag.generation import resolve_generator_name
 from rag.generation.prompt import citation_spans
 
@@ -34,6 +41,7 @@ def answer_record(answer: Any, choice: state.Choice, *, searched_for: str | None
         "sources": [h.to_json() for h in answer.sources],
         "citations": list(answer.citations),
         "attributed": bool(answer.attributed),
+        "left_out": int(getattr(answer, "left_out", 0)),
         "generator": answer.generator,
         "model": answer.model,
         "timings": dict(answer.timings),
@@ -44,7 +52,8 @@ def answer_record(answer: Any, choice: state.Choice, *, searched_for: str | None
             "mode": choice.mode,
             "k": choice.k,
             "mmr": choice.mmr,
-            "base_url": choice.base_url,
+            # As shown: without credentials.
+            "endpoint": state.endpoint_label(choice.base_url),
         },
     }
 
@@ -53,31 +62,37 @@ def anchor(answer_id: str, n: int) -> str:
     return f"cite-{answer_id}-{n}"
 
 
-def _escape_md(text: str) -> str:
-    # Answers are shown as Markdown; "$" would start LaTeX and "<" raw HTML.
-    return text.replace("\\", "\\\\").replace("$", "\\$").replace("<", "&lt;")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def linked_text(text: str, n_sources: int, answer_id: str) -> str:
-    """``text`` as Markdown, each citation ``[n]`` a link to passage ``n``'s anchor."""
+def _html_text(text: str) -> str:
+    """``text`` HTML-escaped, its line breaks as character references: the block stays on
+    one source line, since a blank line would end the raw HTML block and let Markdown read
+    what follows."""
+    text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return html.escape(text).replace("\n", "&#10;")
 
+
+def text_html(text: str) -> str:
+    """``text`` as it is, in a block that keeps its line breaks (for ``st.markdown`` with
+    ``unsafe_allow_html``: everything in it is escaped)."""
+    return f'<div class="rk-text">{_html_text(text)}</div>'
+
+
+def answer_html(text: str, n_sources: int, answer_id: str) -> str:
+    """The answer as plain text, each citation ``[n]`` a link to passage ``n``'s anchor."""
     out, last = [], 0
     for start, end, numbers in citation_spans(text, n_sources):
-        out.append(_escape_md(text[last:start]))
-        out.append("".join(f"[\\[{n}\\]](#{anchor(answer_id, n)})" for n in numbers))
+        out.append(_html_text(text[last:start]))
+        out.append("".join(f'<a href="#{anchor(answer_id, n)}">[{n}]</a>' for n in numbers))
         last = end
-    out.append(_escape_md(text[last:]))
-    return "".join(out)
+    out.append(_html_text(text[last:]))
+    return f'<div class="rk-text">{"".join(out)}</div>'
 
 
-_HEADING = re.compile(r"^ {0,3}#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
-
-
-def passage_markdown(text: str) -> str:
-    """A passage as Markdown that cannot break out of its box: headings become bold lines,
-    raw HTML and LaTeX are escaped."""
-    text = text.replace("$", "\\$").replace("<", "&lt;")
-    return _HEADING.sub(lambda m: f"**{m.group(1)}**  ", text)
+def passage_html(text: str, anchor_id: str) -> str:
+    """A passage as plain text, in a box that citation links open (``anchor_id``)."""
+    return f'<div id="{anchor_id}" class="rk-text rk-passage">{_html_text(text.strip())}</div>'
 
 
 def where(meta: dict[str, Any]) -> str:
@@ -100,15 +115,15 @@ def display_path(source: str) -> str:
 
 
 def generator_line(rec: dict[str, Any]) -> str:
-    gen, model = rec["generator"], rec["model"]
+    gen, model = rec["generator"], md_text(rec["model"])
     if gen == "local":
         return f"Answered by the local model **{model}**"
     if gen == "openai":
-        url = rec["settings"].get("base_url") or os.environ.get("OPENAI_BASE_URL") or "OpenAI"
-        return f"Answered by **{model}** at an OpenAI-compatible endpoint ({url})"
+        url = rec["settings"].get("endpoint") or state.endpoint_label(None)
+        return f"Answered by **{model}** at an OpenAI-compatible endpoint ({md_text(url)})"
     if gen == "extractive":
         return "Extractive answer: sentences quoted from the passages, **no language model**"
-    return f"Answered by {gen}: **{model}**"
+    return f"Answered by {md_text(gen)}: **{model}**"
 
 
 def latency_line(rec: dict[str, Any]) -> str:
@@ -121,7 +136,7 @@ def latency_line(rec: dict[str, Any]) -> str:
         parts.append(f"first token {t.get('first_token', 0):.2f} s")
     parts.append(f"generation {t.get('generate', 0):.2f} s")
     how = f"{s['mode']}, k={s['k']}" + (", MMR" if s.get("mmr") else "")
-    return " · ".join(parts) + f" · {how} · {s['store']}/{s['collection']}"
+    return " · ".join(parts) + f" · {how} · {md_text(s['store'] + '/' + s['collection'])}"
 
 
 # --- drawing ---------------------------------------------------------------------------------
@@ -130,10 +145,10 @@ def latency_line(rec: dict[str, Any]) -> str:
 def render_answer(rec: dict[str, Any]) -> None:
     """The answer with linked citations, its passages as expanders, who answered and how fast."""
     sources = rec["sources"]
-    text = rec["text"] or "_(no answer)_"
-    st.markdown(linked_text(text, len(sources), rec["id"]))
+    text = rec["text"] or "(no answer)"
+    st.markdown(answer_html(text, len(sources), rec["id"]), unsafe_allow_html=True)
     if rec.get("searched_for"):
-        st.caption(f"Searched for: “{rec['searched_for']}”")
+        st.caption(f"Searched for: “{md_text(rec['searched_for'])}”")
     cited = set(rec["citations"])
     if rec["attributed"]:
         st.caption(
@@ -144,10 +159,16 @@ def render_answer(rec: dict[str, Any]) -> None:
         st.caption(":material/info: No passage was cited for this answer.")
     if sources:
         st.markdown("**Sources**" + (f" — {len(cited)} cited" if cited else ""))
+    if rec.get("left_out"):
+        more = f"{rec['left_out']} more passage" + (" was" if rec["left_out"] == 1 else "s were")
+        st.caption(
+            f":material/info: {more} retrieved but left out: beyond the model's context, so "
+            "the model did not see them."
+        )
     for n, hit in enumerate(sources, start=1):
         meta = hit.get("metadata") or {}
-        name = PurePath(hit["source"]).name or hit["source"] or hit["id"]
-        loc = where(meta)
+        name = md_text(PurePath(hit["source"]).name or hit["source"] or hit["id"])
+        loc = md_text(where(meta))
         mark = "cited" if n in cited else "not cited"
         label = f"**[{n}]** {name}" + (f" — {loc}" if loc else "") + f" · score {hit['score']:.3f}"
         with st.expander(
@@ -156,15 +177,11 @@ def render_answer(rec: dict[str, Any]) -> None:
             key=f"src-{rec['id']}-{n}",
         ):
             st.caption(
-                f"`{display_path(hit['source'])}`"
+                md_text(display_path(hit["source"]))
                 + (f" · {loc}" if loc else "")
                 + f" · score {hit['score']:.4f} · {'cited' if n in cited else 'retrieved, not cited'}"
             )
-            st.markdown(
-                f'<div id="{anchor(rec["id"], n)}" class="rk-passage">\n\n'
-                f"{passage_markdown(hit['text'])}\n\n</div>",
-                unsafe_allow_html=True,
-            )
+            st.markdown(passage_html(hit["text"], anchor(rec["id"], n)), unsafe_allow_html=True)
     st.caption(generator_line(rec) + "  \n" + latency_line(rec))
 
 
@@ -191,7 +208,7 @@ class _Streamer:
         self.text += token
         now = time.monotonic()
         if now - self.painted >= _REPAINT:
-            self.placeholder.markdown(_escape_md(self.text) + " ▌")
+            self.placeholder.markdown(text_html(self.text + " ▌"), unsafe_allow_html=True)
             self.painted = now
 
 
@@ -248,11 +265,11 @@ def render() -> None:
     for m in messages:
         with st.chat_message(m["role"]):
             if m["role"] == "user":
-                st.markdown(_escape_md(m["content"]))
+                st.markdown(text_html(m["content"]), unsafe_allow_html=True)
             elif "answer" in m:
                 render_answer(m["answer"])
             else:
-                st.error(m.get("error", "no answer"), icon=":material/error:")
+                st.error(md_text(m.get("error", "no answer")), icon=":material/error:")
 
     question = st.chat_input("Ask a question about your documents", disabled=not ready)
     if not question or not question.strip():
@@ -260,7 +277,7 @@ def render() -> None:
     question = question.strip()
     messages.append({"role": "user", "content": question})
     with st.chat_message("user"):
-        st.markdown(_escape_md(question))
+        st.markdown(text_html(question), unsafe_allow_html=True)
     with st.chat_message("assistant"):
         try:
             rec = ask(question, choice)

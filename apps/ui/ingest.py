@@ -148,8 +148,12 @@ def show_outcome(data_dir: Path) -> None:
     refused = st.session_state.get("upload_refused") or []
     if refused:
         st.error(f"{len(refused)} upload(s) refused:", icon=":material/block:")
+        # st.table reads Markdown in its cells: names and reasons are escaped.
         st.table(
-            [{"file": name, "reason": reason} for name, reason in refused],
+            [
+                {"file": state.md_text(name), "reason": state.md_text(reason)}
+                for name, reason in refused
+            ],
             hide_index=True,
             border="horizontal",
         )
@@ -165,7 +169,13 @@ def show_outcome(data_dir: Path) -> None:
     if out["failed"]:
         st.warning(msg + f" **{len(out['failed'])} file(s) failed:**", icon=":material/warning:")
         st.table(
-            [{"file": _display(f["path"], data_dir), "reason": f["reason"]} for f in out["failed"]],
+            [
+                {
+                    "file": state.md_text(_display(f["path"], data_dir)),
+                    "reason": state.md_text(f["reason"]),
+                }
+                for f in out["failed"]
+            ],
             hide_index=True,
             border="horizontal",
         )
@@ -235,10 +245,13 @@ def render() -> None:
         if st.button("Ingest folder", type="primary", disabled=not path, key="ingest_folder"):
             target = Path(path).expanduser()
             if not target.exists():
-                st.error(f"{target} does not exist on the server.", icon=":material/error:")
+                st.error(
+                    f"{state.md_text(str(target))} does not exist on the server.",
+                    icon=":material/error:",
+                )
             else:
                 with state.errors_shown("ingesting the folder"):
-                    ingest_into(choice, [target.resolve()], f"`{target}`")
+                    ingest_into(choice, [target.resolve()], state.md_text(str(target)))
 
 
 if __name__ == "__main__":

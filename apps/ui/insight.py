@@ -2,7 +2,7 @@
 ``rag eval`` and ``rag bench`` with their plots, when they exist.
 
 Results are looked for in the working directory and in the repository the app runs from:
-``eval/results/*.json`` (``rag eval retrieval``), ``eval/runs/*/report.md`` with its PNGs
+``<data dir>/eval-results/*.json`` and ``eval/results/*.json`` (``rag eval retrieval``), ``eval/runs/*/report.md`` with its PNGs
 (``rag bench``), ``docs/benchmarks.md`` and other PNGs under ``docs/``.
 
 Run as a page by ``apps/ui/app.py`` (``st.navigation``); the helpers are importable.
@@ -40,7 +40,10 @@ def _newest_first(paths: set[Path]) -> list[Path]:
 
 def retrieval_results() -> list[tuple[Path, dict[str, Any]]]:
     """``rag eval retrieval`` results (JSON with per-mode metrics), newest first."""
-    found = {p.resolve() for r in roots() for p in (r / "eval" / "results").glob("*.json")}
+    folders = [r / "eval" / "results" for r in roots()]
+    # Where `rag eval` writes by default: the data directory's eval-results folder.
+    folders.append(state.base_settings().data_dir / "eval-results")
+    found = {p.resolve() for f in folders for p in f.glob("*.json")}
     out = []
     for path in _newest_first(found):
         try:
@@ -147,7 +150,7 @@ def show_retrieval(results: list[tuple[Path, dict[str, Any]]]) -> None:
     if not results:
         st.caption(
             "No results yet. Run `rag eval retrieval --dataset DIR` to write "
-            "`eval/results/retrieval-*.json`."
+            "`<data dir>/eval-results/retrieval-*.json`."
         )
         return
     summary = []

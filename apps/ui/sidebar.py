@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import streamlit as st
 
@@ -11,7 +12,6 @@ from rag import list_collections, plugins
 from rag.config import RETRIEVAL_MODES
 from rag.errors import RagError
 from rag.generation import resolve_generator_name
-from rag.generation.openai_compat import OPENAI_URL
 
 NEW = "+ New collection…"
 #: How ragkit's own generators are shown; a plugin's generator shows its name.
@@ -29,6 +29,34 @@ def _label(plugin: plugins.Plugin | None, text: str) -> str:
 
 def new_chat() -> None:
     st.session_state["messages"] = []
+
+
+def endpoint_picker(sb: Any) -> str | None:
+    """The endpoint for the openai generator: one the operator configured (a picker when
+    there are several), or any URL typed in when ``RAG_UI_ALLOW_ANY_ENDPOINT=1``. ``None``
+    is the server's own. URLs are shown without their credentials."""
+    if state.allow_any_endpoint():
+        return (
+            sb.text_input(
+                "Endpoint base URL",
+                placeholder=state.endpoint_label(None),
+                key="base_url",
+                help="Empty: the server's endpoint. Any URL is allowed on this server "
+                "(RAG_UI_ALLOW_ANY_ENDPOINT).",
+            ).strip()
+            or None
+        )
+    options = state.endpoints()
+    if len(options) == 1:
+        sb.caption(f"Endpoint: {state.md_text(state.endpoint_label(None))} (the server's)")
+        return None
+    return sb.selectbox(
+        "Endpoint",
+        options,
+        format_func=lambda u: state.endpoint_label(u) + (" (the server's)" if u is None else ""),
+        key="endpoint",
+        help="The endpoints this server's operator allows (OPENAI_BASE_URL, RAG_UI_ENDPOINTS).",
+    )
 
 
 def render() -> state.Choice:
@@ -63,7 +91,7 @@ def render() -> state.Choice:
             {c.name for c in list_collections(base) if c.store == store} | {base.collection}
         )
     except RagError as e:
-        sb.error(str(e))
+        sb.error(state.md_text(str(e)))
         names = [base.collection]
     pending = ss.pop("select_collection", None)
     if pending in names:
@@ -117,16 +145,8 @@ def render() -> state.Choice:
         sb.warning(f"The {resolved} generator is not installed: `{gen_plugin.install_hint}`")
     llm_model = base_url = None
     if resolved == "openai":
-        ss.setdefault("base_url", os.environ.get("OPENAI_BASE_URL", ""))
         ss.setdefault("llm_model", base.llm_model or "")
-        base_url = (
-            sb.text_input(
-                "Endpoint base URL",
-                placeholder=OPENAI_URL,
-                key="base_url",
-            ).strip()
-            or None
-        )
+        base_url = endpoint_picker(sb)
         llm_model = (
             sb.text_input(
                 "Model",

@@ -4,7 +4,12 @@ the heavy objects cached once per server process, and error display.
 Heavy objects (a collection with its embedder and store, a generator with its model) live
 in ``st.cache_resource``, keyed by the settings that decide them, so that reruns and other
 browser sessions reuse them. Generators are built by :func:`rag.generation.load_generator`
-like everywhere else in ragkit; the sidebar only adds the endpoint typed into it.
+like everywhere else in ragkit; the sidebar only adds the endpoint picked in it, one of
+those the server's operator configured (:func:`endpoints`).
+
+Text that the app does not write itself (passages, answers, file names, headings, error
+messages, an endpoint's model name) is shown through :func:`md_text`, so that no Markdown
+in it can load an image or form a link.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import functools
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,9 +32,9 @@ import streamlit as st
 from rag import Settings, open_collection
 from rag.collection import Collection, collection_dir
 from rag.config import openai_endpoint
-from rag.errors import RagError
+from rag.errors import ConfigError, RagError
 from rag.generation import Generator, load_generator, resolve_generator_name
-from rag.generation.openai_compat import sends_key
+from rag.generation.openai_compat import OPENAI_URL, redact_url, sends_key
 
 logger = logging.getLogger("rag.ui")
 
@@ -220,11 +226,13 @@ def _generator(
 
 def generator(settings: Settings, col: Collection, base_url: str | None) -> Generator:
     """The generator ``settings.generator`` names ("auto" resolved), built by
-    :func:`rag.generation.load_generator` with ``col``'s embedder and the endpoint typed in
-    the sidebar (``base_url``; the API key from the environment goes only to the endpoint
-    the environment configures). Shared by every session of this server."""
+    :func:`rag.generation.load_generator` with ``col``'s embedder and the endpoint picked in
+    the sidebar (``base_url``, checked by :func:`check_endpoint`; the API key from the
+    environment goes only to the endpoint the environment configures). Shared by every
+    session of this server."""
     settings = settings.with_(generator=resolve_generator_name(settings))
     base_url = base_url or None
+    check_endpoint(base_url)
     key = (
         tuple(getattr(settings, f) for f in GENERATION_FIELDS),
         base_url,
@@ -244,6 +252,69 @@ def key_goes_to(base_url: str | None) -> bool:
     return sends_key(base_url)
 
 
+# --- endpoints: the server's to choose ---------------------------------------------------------
+
+
+def allow_any_endpoint() -> bool:
+    """Whether the operator lets visitors type any endpoint URL
+    (``RAG_UI_ALLOW_ANY_ENDPOINT=1``): the server then requests whatever URL a visitor
+    names."""
+    return os.environ.get("RAG_UI_ALLOW_ANY_ENDPOINT", "").strip().lower() in ("1", "true", "yes")
+
+
+def _same(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def endpoints() -> list[str | None]:
+    """The endpoints the page may choose: ``None``, the server's own (``OPENAI_BASE_URL``,
+    else OpenAI's API), then the comma-separated URLs of ``RAG_UI_ENDPOINTS``."""
+    own = openai_endpoint()[0] or OPENAI_URL
+    out: list[str | None] = [None]
+    for url in os.environ.get("RAG_UI_ENDPOINTS", "").split(","):
+        url = url.strip()
+        if url and not _same(url, own) and not any(u and _same(u, url) for u in out):
+            out.append(url)
+    return out
+
+
+def check_endpoint(base_url: str | None) -> None:
+    """Raise ``ConfigError`` (before any request) for an endpoint the operator did not
+    configure, unless free entry is on."""
+    if base_url is None or allow_any_endpoint():
+        return
+    own = openai_endpoint()[0] or OPENAI_URL
+    if not _same(base_url, own) and not any(u and _same(u, base_url) for u in endpoints()):
+        raise ConfigError(
+            f"the endpoint {redact_url(base_url)} is not one this server offers: the operator "
+            "lists endpoints in RAG_UI_ENDPOINTS (or sets RAG_UI_ALLOW_ANY_ENDPOINT=1)"
+        )
+
+
+def endpoint_label(base_url: str | None) -> str:
+    """An endpoint as the page shows it: its URL without credentials (``None``: the
+    server's own)."""
+    if base_url is None:
+        return redact_url(openai_endpoint()[0] or OPENAI_URL)
+    return redact_url(base_url)
+
+
+# --- text from elsewhere ------------------------------------------------------------------
+
+# Everything Markdown, GitHub's extensions or Streamlit's (":red[...]", ":material/x:", "$")
+# could read as markup; "&" for entities.
+_MARKUP = re.compile(r"([\\`*_{}\[\]()<>#!|~$:&])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def md_text(text: str) -> str:
+    """``text`` as Markdown that shows it as it is, on one line: every markup character
+    escaped, control characters dropped, line breaks made spaces. For labels, captions
+    and messages holding text the app did not write."""
+    text = _CONTROL.sub("", text.replace("\r", " ").replace("\n", " "))
+    return _MARKUP.sub(r"\\\1", text)
+
+
 # --- errors -------------------------------------------------------------------------------
 
 
@@ -259,7 +330,7 @@ def show_error(e: BaseException, doing: str = "") -> None:
     """A message, never a traceback; unexpected errors are also logged with theirs."""
     if not isinstance(e, RagError):
         logger.error("unexpected error%s", f" while {doing}" if doing else "", exc_info=e)
-    st.error(error_text(e, doing), icon=":material/error:")
+    st.error(md_text(error_text(e, doing)), icon=":material/error:")
 
 
 @contextmanager

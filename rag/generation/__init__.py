@@ -20,14 +20,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from rag.config import Settings, openai_endpoint
+from rag.errors import GenerationError
 from rag.generation.context import GeneratorContext
-from rag.generation.prompt import build_messages, parse_citations, source_label
+from rag.generation.prompt import NO_SOURCES, build_messages, parse_citations, source_label
 from rag.types import Answer, Hit
 
 if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
+    "NO_SOURCES",
     "Generator",
     "GeneratorContext",
     "History",
@@ -46,7 +48,13 @@ History = Sequence[tuple[str, str]]
 @runtime_checkable
 class Generator(Protocol):
     """Writes an answer to a question from numbered passages (passage ``[n]`` is
-    ``sources[n - 1]``), citing them as ``[n]``."""
+    ``sources[n - 1]``), citing them as ``[n]``.
+
+    A generator whose prompt holds a limited number of tokens may also have
+    ``fit(question, sources, *, history=()) -> int``: how many of the passages (the first
+    ones) it can take. :func:`answer` then gives ``stream`` only those, and the answer
+    lists only those (and counts the others in ``Answer.left_out``).
+    """
 
     #: The generator kind: "local", "openai" or "extractive".
     name: str
@@ -78,6 +86,10 @@ def answer(
     """Runs ``generator.stream``, calls ``on_token`` with each piece as it arrives, and
     returns the whole :class:`~rag.types.Answer` with the passage numbers it cites.
 
+    The generator is given the passages its ``fit`` method (where it has one) says it can
+    take; the answer's ``sources`` are exactly those, and ``left_out`` counts the rest.
+    Without any passage no generator is called: the answer is :data:`NO_SOURCES`.
+
     When a model's answer cites no passage and ``embed`` is given, ragkit matches the
     answer's sentences to the passages (:mod:`rag.generation.attribution`) and marks the
     answer ``attributed``.
@@ -85,7 +97,24 @@ def answer(
     ``timings`` holds ``"generate"`` (seconds for the whole answer) and ``"first_token"``
     (seconds until the first piece; the whole time when there was none).
     """
-    sources = list(sources)
+    retrieved = list(sources)
+    if not retrieved:
+        if on_token is not None:
+            on_token(NO_SOURCES)
+        return Answer(
+            text=NO_SOURCES,
+            sources=[],
+            model=generator.model,
+            generator=generator.name,
+            timings={"generate": 0.0, "first_token": 0.0},
+        )
+    fit = getattr(generator, "fit", None)
+    sources = retrieved[: fit(question, retrieved, history=history)] if fit else retrieved
+    if not sources:
+        raise GenerationError(
+            f"none of the {len(retrieved)} passages fits the {generator.name} model's context "
+            "beside the question; ask a shorter question"
+        )
     pieces: list[str] = []
     start = time.perf_counter()
     first_token: float | None = None
@@ -115,6 +144,7 @@ def answer(
             "first_token": elapsed if first_token is None else first_token,
         },
         attributed=attributed,
+        left_out=len(retrieved) - len(sources),
     )
 
 

@@ -22,8 +22,9 @@ class GeneratorContext:
 
     ``embed`` is the collection's embedder (a function returning L2-normalised float32
     rows), for generators that match text by meaning. ``base_url`` is an endpoint chosen
-    at run time (the UI's endpoint field); the API key from the environment is sent only
-    to the endpoint the environment configures, never to another one.
+    at run time (the UI's endpoint picker, among those its operator configures); the API
+    key from the environment is sent only to the endpoint the environment configures,
+    never to another one.
     """
 
     settings: Settings

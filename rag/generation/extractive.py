@@ -13,12 +13,12 @@ import numpy as np
 
 from rag.errors import ConfigError
 from rag.generation.context import GeneratorContext, unused
+from rag.generation.prompt import NO_SOURCES
 from rag.types import Hit
 
 History = Sequence[tuple[str, str]]
 Embed = Callable[[Sequence[str]], np.ndarray]
 
-NO_SOURCES = "No passages were found for this question, so there is nothing to answer from."
 NO_ANSWER = "The passages do not seem to contain the answer to this question."
 
 # Words whose trailing period does not end a sentence (compared lower-cased, without the

@@ -22,6 +22,7 @@ from rag.generation.prompt import (
     Message,
     build_messages,
     clean_rewrite,
+    passages_that_fit,
     rewrite_messages,
 )
 from rag.types import Hit
@@ -139,7 +140,8 @@ class LocalGenerator:
     thread counts and context size. ``threads`` is used for generating tokens,
     ``batch_threads`` for reading the prompt (default: ``threads``, or 2 on machines with
     at least four cores, which halves the time to the first token on long prompts when the
-    cores are free). The passages are fitted to ``n_ctx - max_tokens``.
+    cores are free). The passages are fitted to ``n_ctx - max_tokens``: :meth:`fit` says how
+    many :func:`rag.generation.answer` gives it, and the answer lists only those.
     """
 
     name = "local"
@@ -183,10 +185,25 @@ class LocalGenerator:
         self.n_ctx = n_ctx
         self._server = _load_server(path, threads, self.batch_threads, n_ctx)
 
+    @property
+    def _budget(self) -> int:
+        return self.n_ctx - self.max_tokens - _CONTEXT_MARGIN
+
+    def fit(self, question: str, sources: Sequence[Hit], *, history: History = ()) -> int:
+        """How many of ``sources`` (the first ones) fit the model's context with the
+        question, ``history`` and room for the answer."""
+        return passages_that_fit(
+            question,
+            sources,
+            history,
+            max_prompt_tokens=self._budget,
+            count_tokens=_conservative_tokens,
+        )
+
     def stream(
         self, question: str, sources: Sequence[Hit], *, history: History = ()
     ) -> Iterator[str]:
-        budget = self.n_ctx - self.max_tokens - _CONTEXT_MARGIN
+        budget = self._budget
         messages = build_messages(
             question, sources, history, max_prompt_tokens=budget, count_tokens=_conservative_tokens
         )
@@ -194,13 +211,16 @@ class LocalGenerator:
             # Nothing has been yielded when the server rejects the prompt as too long.
             first = self._chat_started(messages, self.max_tokens)
         except _ContextOverflow as e:
-            ratio = (self.n_ctx - self.max_tokens - _CONTEXT_MARGIN) / max(e.n_prompt, 1)
+            # The estimate was short (dense text: code, numbers, other scripts). Cut the
+            # passages further but keep every one: the answer lists the passages given.
+            ratio = budget / max(e.n_prompt, 1)
             messages = build_messages(
                 question,
                 sources,
                 history,
                 max_prompt_tokens=int(budget * ratio * 0.9),
                 count_tokens=_conservative_tokens,
+                keep_all=True,
             )
             try:
                 first = self._chat_started(messages, self.max_tokens)

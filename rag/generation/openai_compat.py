@@ -4,10 +4,17 @@ LM Studio, ... through the ``openai`` package.
 The endpoint is configured by the environment only (``OPENAI_BASE_URL``,
 ``OPENAI_API_KEY``; see :func:`rag.config.openai_endpoint`), the model by
 ``RAG_LLM_MODEL`` or, when the endpoint serves exactly one, by asking it.
+
+An endpoint URL may carry credentials (``http://user:pass@host/v1``, a key in the query
+string): it is shown only as :func:`redact_url` writes it, in every message and by every
+face of ragkit, while requests use it whole. What an endpoint answers is shown only as a
+short, cleaned reason (:func:`clean_reason`), never as its raw body.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -22,6 +29,61 @@ History = Sequence[tuple[str, str]]
 #: The model used on OpenAI's own API when none is named.
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 OPENAI_URL = "https://api.openai.com/v1"
+#: The longest reason from an endpoint that a message repeats (characters).
+REASON_CHARS = 100
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+# Terminal escape sequences (CSI and OSC), dropped whole from an endpoint's reasons.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?")
+
+
+def _parts(url: str) -> tuple[str, str, str, str, str]:
+    """``url`` as (scheme and "//", authority, path, query, fragment), loosely: a URL
+    without a scheme has its authority first."""
+    rest, _, fragment = url.partition("#")
+    rest, _, query = rest.partition("?")
+    scheme, sep, tail = rest.partition("://")
+    if not sep or not _SCHEME.fullmatch(scheme):
+        scheme, sep, tail = "", "", rest
+    end = min((i for i in (tail.find("/"), tail.find("\\")) if i >= 0), default=len(tail))
+    return scheme + sep, tail[:end], tail[end:], query, fragment
+
+
+def redact_url(url: str) -> str:
+    """``url`` as ragkit shows it: the user-info (``user:pass@``), the query string and the
+    fragment, where credentials travel, each replaced by ``***``
+    (``http://***@host/v1?***``). Scheme, host, port and path are kept."""
+    start, authority, path, query, fragment = _parts(url)
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return start + authority + path + ("?***" if query else "") + ("#***" if fragment else "")
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of ``url`` that :func:`redact_url` hides, longest first, for scrubbing them
+    from text that quotes the URL (a driver's error message)."""
+    _, authority, _, query, fragment = _parts(url)
+    found = {query, fragment}
+    for pair in query.split("&"):
+        found |= {pair, pair.partition("=")[2]}
+    if "@" in authority:
+        info = authority.rpartition("@")[0]
+        found |= {info, info.partition(":")[2]}
+    return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
+
+
+def clean_reason(text: str, limit: int = REASON_CHARS) -> str:
+    """A reason an endpoint gave, fit to repeat: terminal escapes and other control or
+    format characters removed, whitespace collapsed to single spaces, at most ``limit``
+    characters."""
+    text = _ESCAPES.sub("", text)
+    text = "".join(
+        " " if ch.isspace() else ch
+        for ch in text
+        if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co")
+    )
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 class OpenAIGenerator:
@@ -53,15 +115,22 @@ class OpenAIGenerator:
                 "pip install openai"
             ) from e
         self._openai = openai
+        #: The URL requests go to, whole: never shown (see ``endpoint``).
         self.base_url = (base_url or OPENAI_URL).rstrip("/")
+        #: The URL as messages show it, credentials hidden.
+        self.endpoint = redact_url(self.base_url)
+        self._secrets = url_secrets(self.base_url)
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.timeout = timeout
         # One retry: enough for a dropped connection, short enough to fail fast when the
         # server is down.
-        self._client = openai.OpenAI(
-            base_url=base_url, api_key=api_key or "not-needed", timeout=timeout, max_retries=1
-        )
+        try:
+            self._client = openai.OpenAI(
+                base_url=base_url, api_key=api_key or "not-needed", timeout=timeout, max_retries=1
+            )
+        except ValueError as e:  # httpx.InvalidURL: a bad port, an unclosed "[" ...
+            raise self._fail(f"the endpoint URL {self.endpoint} is not valid: {e}") from e
         # Some newer OpenAI models reject max_tokens and temperature; learned on first use.
         self._use_max_completion_tokens = False
         if model is None:
@@ -96,7 +165,7 @@ class OpenAIGenerator:
             with response:
                 for chunk in response:
                     if getattr(chunk, "model", None):
-                        self.model = chunk.model
+                        self.model = clean_reason(str(chunk.model))
                     for choice in chunk.choices or ():
                         content = choice.delta.content if choice.delta else None
                         if content:
@@ -118,77 +187,79 @@ class OpenAIGenerator:
         )
 
     def _only_model(self) -> str:
+        url = self.endpoint
         try:
-            ids = sorted(m.id for m in self._client.models.list())
+            ids = sorted(clean_reason(str(m.id)) for m in self._client.models.list())
         except self._openai.NotFoundError as e:
-            raise GenerationError(
-                f"the endpoint at {self.base_url} does not list its models; set RAG_LLM_MODEL"
+            raise self._fail(
+                f"the endpoint at {url} does not list its models; set RAG_LLM_MODEL"
             ) from e
         except self._openai.OpenAIError as e:
             raise self._error(e, model=None) from e
         if len(ids) == 1:
             return ids[0]
         if not ids:
-            raise GenerationError(
-                f"the endpoint at {self.base_url} lists no models; set RAG_LLM_MODEL"
-            )
-        raise GenerationError(
-            f"the endpoint at {self.base_url} serves several models; choose one with "
-            f"RAG_LLM_MODEL: {', '.join(ids)}"
+            raise self._fail(f"the endpoint at {url} lists no models; set RAG_LLM_MODEL")
+        shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        raise self._fail(
+            f"the endpoint at {url} serves several models; choose one with RAG_LLM_MODEL: {shown}"
         )
+
+    def _fail(self, message: str) -> GenerationError:
+        """A ``GenerationError`` whose message holds none of the URL's secrets, even where a
+        driver's text quoted the URL whole."""
+        message = message.replace(self.base_url, self.endpoint)
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
+        return GenerationError(message)
 
     def _error(self, e: Exception, *, model: str | None = "") -> GenerationError:
         openai = self._openai
-        url = self.base_url
+        url = self.endpoint
         if model == "":
             model = self.requested_model
         if isinstance(e, openai.APITimeoutError):
-            return GenerationError(
+            return self._fail(
                 f"the OpenAI-compatible endpoint at {url} did not answer within {self.timeout:g} s"
             )
         if isinstance(e, openai.APIConnectionError):
-            reason = _one_line(str(e.__cause__ or e))
-            return GenerationError(
-                f"could not reach the OpenAI-compatible endpoint at {url}: {reason}"
-            )
+            reason = clean_reason(str(e.__cause__ or e))
+            return self._fail(f"could not reach the OpenAI-compatible endpoint at {url}: {reason}")
         if isinstance(e, openai.AuthenticationError):
-            return GenerationError(f"the endpoint rejected the API key (OPENAI_API_KEY) at {url}")
+            return self._fail(f"the endpoint rejected the API key (OPENAI_API_KEY) at {url}")
+        reason = _reason(e)
+        said = f": {reason}" if reason else ""
         if isinstance(e, openai.NotFoundError):
-            if model and "model" in _message(e).lower():
-                return GenerationError(f"model {model} not found at {url}")
+            if model and "model" in reason.lower():
+                return self._fail(f"model {model} not found at {url}")
             if model:
-                return GenerationError(
+                return self._fail(
                     f"model {model} not found at {url}, or no chat API there "
-                    f"(OPENAI_BASE_URL usually ends in /v1): {_message(e)}"
+                    f"(OPENAI_BASE_URL usually ends in /v1){said}"
                 )
-            return GenerationError(f"not found at {url}: {_message(e)}")
+            return self._fail(f"not found at {url}{said}")
         if isinstance(e, openai.PermissionDeniedError):
-            return GenerationError(f"the endpoint at {url} refused access: {_message(e)}")
+            return self._fail(f"the endpoint at {url} refused access{said}")
         if isinstance(e, openai.RateLimitError):
-            return GenerationError(
-                f"the endpoint at {url} is limiting requests (429): {_message(e)}"
-            )
+            return self._fail(f"the endpoint at {url} is limiting requests (429){said}")
         if isinstance(e, openai.APIStatusError):
-            return GenerationError(f"the endpoint at {url} answered {e.status_code}: {_message(e)}")
-        return GenerationError(
-            f"the OpenAI-compatible endpoint at {url} failed: {_one_line(str(e))}"
-        )
+            return self._fail(f"the endpoint at {url} answered {e.status_code}{said}")
+        return self._fail(f"the OpenAI-compatible endpoint at {url} failed: {clean_reason(str(e))}")
 
 
-def _message(e: Any) -> str:
+def _reason(e: Any) -> str:
+    """The reason an endpoint's error response states, cleaned and short; empty when its
+    body is not an OpenAI-style error (an HTML page, another API's JSON): an endpoint's
+    body is never repeated as it came."""
     body = getattr(e, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return _one_line(str(inner["message"]))
-        if isinstance(inner, str):
-            return _one_line(inner)
-    return _one_line(str(getattr(e, "message", None) or e))
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    if not isinstance(body, dict):
+        return ""
+    inner = body.get("error", body)
+    if isinstance(inner, dict):
+        inner = inner.get("message")
+    if not isinstance(inner, str):
+        inner = body.get("message") or body.get("detail")
+    return clean_reason(inner) if isinstance(inner, str) else ""
 
 
 def create(ctx: GeneratorContext) -> OpenAIGenerator:

@@ -20,6 +20,10 @@ MAX_HISTORY_ANSWER_CHARS = 1200
 #: A passage cut to fewer tokens than this is dropped instead (a stub helps nobody).
 MIN_PASSAGE_TOKENS = 48
 
+#: The answer to a question for which no passage was retrieved, from every generator: no
+#: model is asked (a small one echoes its prompt when it has nothing to answer from).
+NO_SOURCES = "No passages were found for this question, so there is nothing to answer from."
+
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered passages given in the user's message.\n"
     "Rules:\n"
@@ -198,6 +202,66 @@ def fit_passages(
     return kept
 
 
+def shrink_passages(
+    texts: Sequence[str],
+    budget_tokens: int,
+    *,
+    count_tokens: TokenCounter = approx_tokens,
+    overhead_tokens: int = 16,
+) -> list[str]:
+    """Every one of ``texts``, cut so that together they fit in ``budget_tokens``: the
+    short ones whole, the long ones to an equal share of what the short ones leave (each
+    takes ``overhead_tokens`` for its fence and label). Unlike :func:`fit_passages`, none
+    is dropped; a share below one token leaves a passage empty."""
+    needs = [count_tokens(t) for t in texts]
+    room = budget_tokens - overhead_tokens * len(texts)
+    caps = [0] * len(texts)
+    order = sorted(range(len(texts)), key=lambda i: needs[i])
+    for done, i in enumerate(order):
+        share = max(0, room) // (len(texts) - done)
+        caps[i] = min(needs[i], share)
+        room -= caps[i]
+    return [
+        t if need <= cap else truncate_text(t, cap, count_tokens=count_tokens)
+        for t, need, cap in zip(texts, needs, caps, strict=True)
+    ]
+
+
+def _prompt_parts(
+    question: str,
+    sources: Sequence[Hit],
+    history: Sequence[tuple[str, str]],
+    max_prompt_tokens: int | None,
+    count_tokens: TokenCounter,
+    keep_all: bool,
+) -> tuple[list[Message], list[str], list[str]]:
+    """The history messages, passage texts and labels that :func:`build_messages` uses."""
+    labels = [source_label(hit) for hit in sources]
+    texts = [hit.chunk.text for hit in sources]
+    history_msgs = _history_messages(history)
+    if max_prompt_tokens is None:
+        return history_msgs, texts, labels
+
+    # About four tokens of chat-template markup per message.
+    def size(messages: Sequence[Message]) -> int:
+        return sum(count_tokens(m["content"]) + 4 for m in messages)
+
+    while history_msgs and size(history_msgs) > max_prompt_tokens // 3:
+        history_msgs = history_msgs[2:]
+    frame = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        *history_msgs,
+        {"role": "user", "content": _user_message(question, "<passages>\n</passages>", 2)},
+    ]
+    budget = max_prompt_tokens - size(frame)
+    overhead = (
+        max(count_tokens(format_passages([""], [label])) - 4 for label in labels) if labels else 0
+    )
+    fit = shrink_passages if keep_all else fit_passages
+    texts = fit(texts, budget, count_tokens=count_tokens, overhead_tokens=overhead)
+    return history_msgs, texts, labels[: len(texts)]
+
+
 def build_messages(
     question: str,
     sources: Sequence[Hit],
@@ -205,6 +269,7 @@ def build_messages(
     *,
     max_prompt_tokens: int | None = None,
     count_tokens: TokenCounter = approx_tokens,
+    keep_all: bool = False,
 ) -> list[Message]:
     """The chat messages for a grounded answer: the system rules, the last few turns of
     ``history`` as user/assistant messages, then a user message holding the numbered,
@@ -212,37 +277,14 @@ def build_messages(
 
     With ``max_prompt_tokens``, history turns are dropped (oldest first) while they take
     more than a third of the budget, then passages are truncated or dropped
-    (lowest-ranked first) so that the whole prompt fits; tokens are counted with
-    ``count_tokens`` (characters / 4 by default). Passage ``[n]`` is always
-    ``sources[n - 1]``.
+    (lowest-ranked first, :func:`fit_passages`; with ``keep_all``, all are kept and the
+    long ones cut, :func:`shrink_passages`) so that the whole prompt fits; tokens are
+    counted with ``count_tokens`` (characters / 4 by default). Passage ``[n]`` is always
+    ``sources[n - 1]``; :func:`passages_that_fit` says how many are kept.
     """
-    labels = [source_label(hit) for hit in sources]
-    texts = [hit.chunk.text for hit in sources]
-    history_msgs = _history_messages(history)
-    if max_prompt_tokens is not None:
-        # About four tokens of chat-template markup per message.
-        def size(messages: Sequence[Message]) -> int:
-            return sum(count_tokens(m["content"]) + 4 for m in messages)
-
-        while history_msgs and size(history_msgs) > max_prompt_tokens // 3:
-            history_msgs = history_msgs[2:]
-        frame = [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            *history_msgs,
-            {"role": "user", "content": _user_message(question, "<passages>\n</passages>", 2)},
-        ]
-        budget = max_prompt_tokens - size(frame)
-        texts = fit_passages(
-            texts,
-            budget,
-            count_tokens=count_tokens,
-            overhead_tokens=max(
-                count_tokens(format_passages([""], [label])) - 4 for label in labels
-            )
-            if labels
-            else 0,
-        )
-        labels = labels[: len(texts)]
+    history_msgs, texts, labels = _prompt_parts(
+        question, sources, history, max_prompt_tokens, count_tokens, keep_all
+    )
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
         *history_msgs,
@@ -251,6 +293,22 @@ def build_messages(
             "content": _user_message(question, format_passages(texts, labels), len(texts)),
         },
     ]
+
+
+def passages_that_fit(
+    question: str,
+    sources: Sequence[Hit],
+    history: Sequence[tuple[str, str]] = (),
+    *,
+    max_prompt_tokens: int,
+    count_tokens: TokenCounter = approx_tokens,
+) -> int:
+    """How many of ``sources`` (the first ones) :func:`build_messages` puts in a prompt of
+    ``max_prompt_tokens``: what a generator with a context limit is given."""
+    _, texts, _ = _prompt_parts(
+        question, sources, history, max_prompt_tokens, count_tokens, keep_all=False
+    )
+    return len(texts)
 
 
 def _rewrite_request(conversation: str, question: str) -> str:
