@@ -392,13 +392,34 @@ def test_as_root_the_server_runs_as_the_unprivileged_account(pg_root: Path) -> N
 
 
 @pytest.mark.skipif(not AS_ROOT, reason="only root hands the server to another account")
-def test_as_root_a_closed_parent_folder_is_reported_not_opened(fresh_root: Path) -> None:
+def test_as_root_a_closed_parent_keeps_the_cluster_where_the_account_can_reach_it(
+    fresh_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A data directory under a private folder (root's home, a `mktemp -d` folder): the
+    # cluster is kept in a folder of its own, named in the data directory, and the user's
+    # folder keeps its permissions.
     closed = fresh_root / "closed"
     closed.mkdir(mode=0o700)
     closed.chmod(0o700)
-    with pytest.raises(StoreError, match=rf"cannot enter {closed} .*chmod o\+x {closed}"):
-        EmbeddedPostgres(closed / "stores" / "pgvector").start()
+    clusters = fresh_root / "clusters"
+    monkeypatch.setenv("RAG_PG_CLUSTERS", str(clusters))
+    home = closed / "stores" / "pgvector"
+    with EmbeddedPostgres(home) as server, psycopg.connect(server.dsn) as conn:
+        conn.execute("CREATE TABLE kept (x int)")
+        conn.execute("INSERT INTO kept VALUES (7)")
+        conn.commit()
+        first = server.pgdata
+    pointer = json.loads((home / "cluster.json").read_text())
+    assert Path(pointer["cluster"]).parent == clusters
+    assert first == Path(pointer["cluster"]) / "pgdata"
+    assert first.stat().st_uid == pwd.getpwnam(SERVER_ACCOUNT).pw_uid
+    assert not (home / "pgdata").exists()
     assert closed.stat().st_mode & 0o777 == 0o700  # left as it was
+    assert clusters.stat().st_uid == 0 and clusters.stat().st_mode & 0o777 == 0o711
+    # A later start, in another object, finds the same cluster through the pointer.
+    with EmbeddedPostgres(home) as again, psycopg.connect(again.dsn) as conn:
+        assert again.pgdata == first
+        assert conn.execute("SELECT x FROM kept").fetchone() == (7,)
 
 
 @pytest.mark.skipif(not AS_ROOT, reason="only root hands the server to another account")
