@@ -21,7 +21,8 @@ from rag.commands import (
 from rag.config import RETRIEVAL_MODES
 from rag.errors import ConfigError
 
-RESULTS_DIR = Path("eval") / "results"
+#: Under the data directory, unless --out says otherwise.
+RESULTS_DIR = "eval-results"
 
 # --- rag bench ---------------------------------------------------------------------------------
 
@@ -65,7 +66,8 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         default=None,
-        help="JSON result file (default eval/results/retrieval-<dataset>-<store>-<backend>.json)",
+        help="JSON result file (default <data dir>/eval-results/"
+        "retrieval-<dataset>-<store>-<backend>.json)",
     )
     q = kinds.add_parser("qa", help="hit@1/5, SQuAD EM/F1 and citations on a SQuAD-format file")
     add_collection_options(q)
@@ -88,7 +90,7 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         default=None,
-        help="JSON result file (default eval/results/qa-<dataset>-<store>.json)",
+        help="JSON result file (default <data dir>/eval-results/qa-<dataset>-<store>.json)",
     )
 
 
@@ -106,7 +108,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=not as_json and sys.stderr.isatty(),
         )
-        out = args.out or RESULTS_DIR / (
+        out = args.out or settings.data_dir / RESULTS_DIR / (
             f"retrieval-{args.dataset.resolve().name}-{result['store']}-"
             f"{result['embed_backend']}.json"
         )
@@ -122,7 +124,9 @@ def _run_eval(args: argparse.Namespace) -> int:
             k=settings.k,
             progress=not as_json and sys.stderr.isatty(),
         )
-        out = args.out or RESULTS_DIR / f"qa-{args.dataset.stem}-{result['store']}.json"
+        out = args.out or (
+            settings.data_dir / RESULTS_DIR / f"qa-{args.dataset.stem}-{result['store']}.json"
+        )
     _write(out, result)
     print(json.dumps(result, indent=2) if as_json else markdown(result) + f"\n\n(written to {out})")
     return 0

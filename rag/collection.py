@@ -39,12 +39,13 @@ from rag.errors import (
     EmbedderMismatchError,
     LockedError,
     StoreCorruptedError,
+    StoreError,
 )
 from rag.filters import Filter, parse
 from rag.manifest import CollectionInfo, Manifest, collection_dir, list_collections
 from rag.records import EmbeddingCache, RecordStore
 from rag.source import Source, SourceOptions, open_source
-from rag.store import StoreConfig, VectorStore, open_store
+from rag.store import StoreConfig, VectorStore, folder_writable, open_store
 from rag.types import Answer, Hit
 
 if TYPE_CHECKING:
@@ -225,7 +226,6 @@ class Collection:
             max_bytes=self.settings.max_file_bytes,
         )
         reader = open_source(source, options)
-        self.path.mkdir(parents=True, exist_ok=True)
         with self.lock():
             chunking, rechunk = self._chunking()
             manifest = self._prepare_manifest(chunking, rechunk)
@@ -241,7 +241,10 @@ class Collection:
             manifest.last_ingest = {
                 "time": time.time(),
                 "source": source,
-                "targets": list(options.targets),
+                # JSON-safe: bytes of a path that are not UTF-8 are written as \xNN.
+                "targets": [
+                    t.encode("utf-8", "backslashreplace").decode("utf-8") for t in options.targets
+                ],
                 **{k: v for k, v in report.to_json().items() if k != "failed"},
                 "failed": len(report.failed),
             }
@@ -344,6 +347,11 @@ class Collection:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """The collection's write lock; a second writer gets :class:`LockedError` at once."""
+        if not folder_writable(self.path):
+            raise StoreError(
+                f"the data directory {self.settings.data_dir} is read-only: collection "
+                f"{self.name!r} can be searched there, not changed"
+            )
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / "ingest.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:

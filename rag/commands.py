@@ -30,8 +30,10 @@ every command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -267,11 +269,29 @@ def emit(obj: Any) -> None:
 
 
 def display_path(path: str) -> str:
-    """A path as the user would type it from here (relative when that is shorter)."""
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return path
+    """A path as the user would type it from here (relative when that is shorter), safe to
+    print (see :func:`printable`)."""
+    with contextlib.suppress(ValueError):
+        path = os.path.relpath(path)
+    return printable(path)
+
+
+#: C0 and C1 control characters except tab and newline, DEL, and the Unicode controls that
+#: reorder or break lines (bidirectional overrides and isolates, line/paragraph separators).
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print to a terminal: control characters, which a document could use
+    to set the window title, write the clipboard (OSC 52) or move the cursor to fake output,
+    are shown as escapes (``\\x1b``), and so are bytes of a file name that are not UTF-8."""
+    text = _UNSAFE.sub(
+        lambda m: (
+            f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}"
+        ),
+        text,
+    )
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _names(group: str) -> list[str]:

@@ -14,13 +14,14 @@ Environment variables: ``RAG_DATA_DIR``, ``RAG_COLLECTION``, ``RAG_STORE``,
 
 from __future__ import annotations
 
+import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from rag.contract import check_collection_name
 from rag.errors import ConfigError
 
 DEFAULT_EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -32,7 +33,6 @@ FALLBACK_EMBED_BACKEND = "torch"
 DEFAULT_CHUNK_SIZE = 200
 DEFAULT_CHUNK_OVERLAP = 32
 RETRIEVAL_MODES = ("dense", "bm25", "hybrid")
-_COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
 def default_embed_backend(model: str | None) -> str:
@@ -157,13 +157,14 @@ class Settings:
     max_file_mb: float = 50.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.data_dir, Path):
-            object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
-        if not _COLLECTION.match(self.collection):
+        if not str(self.data_dir).strip():
             raise ConfigError(
-                f"collection name {self.collection!r} must be 1-63 letters, digits, '_' or '-', "
-                "starting with a letter or digit"
+                "the data directory is empty; name a folder (--data-dir or RAG_DATA_DIR)"
             )
+        object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise ConfigError(f"the data directory {self.data_dir} is a file, not a folder")
+        check_collection_name(self.collection)
         if self.chunk_size is not None and self.chunk_size < 16:
             raise ConfigError(f"chunk size {self.chunk_size} is too small (at least 16 tokens)")
         size = self.chunk_size if self.chunk_size is not None else DEFAULT_CHUNK_SIZE
@@ -187,8 +188,10 @@ class Settings:
         for name in ("fusion_weight", "mmr_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
-        if self.max_file_mb <= 0:
-            raise ConfigError("the file size limit must be positive")
+        if not (math.isfinite(self.max_file_mb) and self.max_file_mb > 0):
+            raise ConfigError(
+                f"the file size limit must be a positive number of MB, got {self.max_file_mb}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -209,8 +212,6 @@ class Settings:
         ):
             values["store_url"] = env["RAG_PG_DSN"]
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if "data_dir" in values:
-            values["data_dir"] = Path(values["data_dir"]).expanduser()
         return cls(**values)
 
     def with_(self, **changes: Any) -> Settings:

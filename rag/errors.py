@@ -32,6 +32,10 @@ class PluginError(ConfigError):
     """A plugin is declared twice, cannot be loaded, or is not what its group expects."""
 
 
+class PluginConflictError(PluginError):
+    """Two installed packages declare the same plugin name in one group."""
+
+
 class ContractError(RagError, ValueError):
     """An argument breaks a contract: a vector of the wrong shape, a duplicate chunk id,
     ``k`` out of range. Also a ``ValueError``, which is what callers of a store expect."""

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rag.errors import MissingDependencyError, PluginError
+from rag.errors import MissingDependencyError, PluginConflictError, PluginError
 
 GROUPS: dict[str, str] = {
     "stores": "ragkit.stores",
@@ -133,9 +133,9 @@ class Clash:
     name: str
     plugins: tuple[Plugin, ...]
 
-    def error(self) -> PluginError:
+    def error(self) -> PluginConflictError:
         where = " and ".join(f"{p.package} ({p.target})" for p in self.plugins)
-        return PluginError(
+        return PluginConflictError(
             f"the {KIND[self.group]} name {self.name!r} is declared by {where}; "
             "uninstall one of these packages"
         )

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rag.errors import StoreError
+from rag.store import folder_writable
+
 
 @dataclass(slots=True)
 class SourceRecord:
@@ -39,14 +42,31 @@ class SourceRecord:
         return set(self.chunk_ids) | set(self.pending_ids)
 
 
+def connect(path: Path, *, synchronous: str) -> tuple[sqlite3.Connection, bool]:
+    """``(connection, read_only)``: a WAL-mode connection to ``path``, or where its folder
+    cannot be written, a read-only one (``immutable``: on a read-only volume nothing can
+    change it, and SQLite needs no lock or shared-memory file)."""
+    if folder_writable(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        return db, False
+    if not path.exists():
+        raise StoreError(f"{path} does not exist, and its read-only folder cannot hold it")
+    uri = f"{path.absolute().as_uri()}?mode=ro&immutable=1"
+    return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None), True
+
+
 class RecordStore:
-    """SQLite file of :class:`SourceRecord` rows, one per source, plus key/value info."""
+    """SQLite file of :class:`SourceRecord` rows, one per source, plus key/value info.
+
+    On a read-only data directory it opens read-only: queries work, writes raise."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db, self.read_only = connect(path, synchronous="FULL")
+        if self.read_only:
+            return
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS sources (
@@ -176,16 +196,18 @@ class EmbeddingCache:
     collection or migrating does not embed the same text twice."""
 
     def __init__(self, path: Path, model_key: str, dim: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.model_key = model_key
         self.dim = dim
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, hash BLOB NOT NULL, "
-            "vector BLOB NOT NULL, PRIMARY KEY (model, hash)) WITHOUT ROWID"
-        )
+        if path.exists() or folder_writable(path.parent):
+            self._db, self.read_only = connect(path, synchronous="NORMAL")
+        else:  # a read-only data directory without a cache: every lookup misses
+            self._db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+            self.read_only = True
+        if not (self.read_only and path.exists()):
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, hash BLOB NOT NULL, "
+                "vector BLOB NOT NULL, PRIMARY KEY (model, hash)) WITHOUT ROWID"
+            )
 
     def lookup(self, hashes: Sequence[bytes]) -> dict[bytes, bytes]:
         """Stored vectors (raw float32 bytes) for the hashes that have one."""
@@ -202,6 +224,9 @@ class EmbeddingCache:
         return out
 
     def store(self, hashes: Sequence[bytes], vectors: bytes | Sequence[bytes]) -> None:
+        """Keep vectors for later (not on a read-only data directory, where it does nothing)."""
+        if self.read_only:
+            return
         rows = [(self.model_key, h, v) for h, v in zip(hashes, vectors, strict=True)]
         self._db.execute("BEGIN")
         self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", rows)

@@ -21,6 +21,7 @@ import numpy as np
 
 from rag.errors import ConfigError
 from rag.filters import Filter
+from rag.store import folder_writable
 from rag.types import Hit
 
 RRF_K = 60
@@ -84,7 +85,8 @@ class Retriever:
         stamp = stamp or self._stamp()
         chunks = [c for batch, _ in self.store.scan(batch_size=2000) for c in batch]
         index = BM25Index.build(chunks)
-        index.save(self.bm25_dir, stamp)
+        if folder_writable(self.bm25_dir.parent):  # on a read-only data directory, kept in memory
+            index.save(self.bm25_dir, stamp)
         self._bm25, self._bm25_stamp = index, stamp
         return index
 

@@ -156,7 +156,7 @@ def test_errors_are_one_line_with_exit_codes(hashing_env: dict, tmp_path: Path) 
 
     rag(hashing_env, "ingest", str(tmp_path), "--json", check=False)
     bad_filter = rag(hashing_env, "search", "x", "--where", '{"page": {"$regex": 1}}', check=False)
-    assert bad_filter.returncode == 1 and "unknown operator" in bad_filter.stderr
+    assert bad_filter.returncode == 2 and "unknown operator" in bad_filter.stderr  # usage
 
     nowhere = rag(hashing_env, "ingest", str(tmp_path / "does-not-exist"), "--json", check=False)
     assert nowhere.returncode == 3
@@ -173,7 +173,7 @@ def test_embedder_mismatch_is_refused(hashing_env: dict, mixed_folder: Path) -> 
     rag(hashing_env, "ingest", str(mixed_folder / "notes.txt"), "--json")
     env = dict(hashing_env, RAG_EMBED_MODEL="hashing-128")
     proc = rag(env, "search", "lighthouse", check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # the options asked for another model: a usage mistake
     assert "was built with the embedding model hashing-384" in proc.stderr
 
 

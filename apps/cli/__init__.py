@@ -14,8 +14,22 @@ import warnings
 from collections.abc import Sequence
 
 from rag import plugins
-from rag.commands import EXIT_ERROR, Command, add_collection_options, add_global_options
-from rag.errors import PluginError, RagError
+from rag.commands import (
+    EXIT_ERROR,
+    EXIT_USAGE,
+    Command,
+    add_collection_options,
+    add_global_options,
+    printable,
+)
+from rag.errors import (
+    ConfigError,
+    FilterError,
+    MissingDependencyError,
+    PluginConflictError,
+    PluginError,
+    RagError,
+)
 
 _TOP_LEVEL = ("data_dir", "collection", "store", "store_url", "store_opt", "json")
 
@@ -60,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser, subparsers = build_parser()
     except RagError as e:
-        print(f"rag: error: {e}", file=sys.stderr)
+        print(f"rag: error: {printable(str(e))}", file=sys.stderr)
         return EXIT_ERROR
     args, extra = parser.parse_known_args(argv)
     command: Command = args._command
@@ -90,16 +104,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RagError as e:
         if debug:
             raise
-        print(f"rag: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        print(f"rag: error: {printable(str(e))}", file=sys.stderr)
+        return exit_status(e)
     except Exception as e:  # anything else is a bug or an environment problem
         if debug:
             raise
         print(
-            f"rag: unexpected error: {type(e).__name__}: {e} (run again with --debug for the traceback)",
+            f"rag: unexpected error: {type(e).__name__}: {printable(str(e))} "
+            "(run again with --debug for the traceback)",
             file=sys.stderr,
         )
         return EXIT_ERROR
+
+
+def exit_status(error: RagError) -> int:
+    """2 for a mistake in what the user asked (a malformed or unknown option value, a bad
+    filter), 1 for everything else (a missing package, a store, a model, the files)."""
+    if isinstance(error, MissingDependencyError | PluginConflictError):
+        return EXIT_ERROR  # the installation, not the command line
+    return EXIT_USAGE if isinstance(error, ConfigError | FilterError) else EXIT_ERROR
 
 
 def _refused_options(args: argparse.Namespace, sub: argparse.ArgumentParser) -> list[str]:

@@ -14,6 +14,7 @@ from rag.commands import (
     add_embedding_options,
     display_path,
     emit,
+    printable,
     settings_from_args,
     wants_json,
 )
@@ -118,7 +119,7 @@ def _print_report(r: dict) -> None:
         f"{r['total_chunks']} chunks in all ({r['seconds']:.1f} s)"
     )
     for f in r["failed"]:
-        print(f"  failed: {display_path(f['path'])}: {f['reason']}", file=sys.stderr)
+        print(f"  failed: {display_path(f['path'])}: {printable(f['reason'])}", file=sys.stderr)
 
 
 class ProgressBar:

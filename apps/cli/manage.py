@@ -11,6 +11,7 @@ from rag.commands import (
     add_collection_options,
     display_path,
     emit,
+    printable,
     settings_from_args,
     wants_json,
 )
@@ -34,7 +35,7 @@ def _run_collections(args: argparse.Namespace) -> int:
     for i in infos:
         print(
             f"{i.name:<24} {i.store:<9} {i.chunks:>8} chunks  {i.sources:>6} sources  "
-            f"{i.embed_model} ({i.dim}d)"
+            f"{printable(i.embed_model)} ({i.dim}d)"
         )
     return 0
 
@@ -102,7 +103,10 @@ def _run_status(args: argparse.Namespace) -> int:
     e, c, li = st["embedder"] or {}, st["chunker"] or {}, st["last_ingest"] or {}
     print(f"collection  {st['collection']} ({st['store']})")
     print(f"chunks      {st['chunks']} from {st['sources']} sources")
-    print(f"embedder    {e.get('model')} [{e.get('backend')}], {e.get('dim')} dimensions")
+    print(
+        f"embedder    {printable(str(e.get('model')))} [{e.get('backend')}], "
+        f"{e.get('dim')} dimensions"
+    )
     print(f"chunker     {c.get('chunk_size')} tokens, {c.get('chunk_overlap')} overlap")
     if li:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(li["time"]))

@@ -13,6 +13,7 @@ from rag.commands import (
     add_retrieval_options,
     display_path,
     emit,
+    printable,
     settings_from_args,
     wants_json,
 )
@@ -24,7 +25,7 @@ def _where(meta: dict) -> str:
         parts.append(f"page {meta['page']}")
     if meta.get("heading"):
         parts.append(str(meta["heading"]))
-    return f" ({'; '.join(parts)})" if parts else ""
+    return printable(f" ({'; '.join(parts)})") if parts else ""
 
 
 # --- rag search --------------------------------------------------------------------------------
@@ -38,9 +39,11 @@ def _configure_search(p: argparse.ArgumentParser) -> None:
 
 def _run_search(args: argparse.Namespace) -> int:
     from rag.collection import open_collection
+    from rag.filters import parse
 
+    where = parse(args.where)  # a malformed filter is reported before anything is opened
     with open_collection(settings_from_args(args)) as col:
-        hits = col.search(args.query, where=args.where, mmr=args.mmr)
+        hits = col.search(args.query, where=where, mmr=args.mmr)
     if wants_json(args):
         emit({"query": args.query, "hits": [h.to_json() for h in hits]})
         return 0
@@ -49,7 +52,7 @@ def _run_search(args: argparse.Namespace) -> int:
     for n, h in enumerate(hits, 1):
         print(f"[{n}] {h.score:.3f}  {display_path(h.chunk.source)}{_where(h.chunk.metadata)}")
         text = " ".join(h.chunk.text.split())
-        print(f"    {text[:300]}{'…' if len(text) > 300 else ''}")
+        print(f"    {printable(text[:300])}{'…' if len(text) > 300 else ''}")
     return 0
 
 
@@ -70,11 +73,13 @@ def _configure_ask(p: argparse.ArgumentParser) -> None:
 
 def _run_ask(args: argparse.Namespace) -> int:
     from rag.collection import open_collection
+    from rag.filters import parse
 
     as_json = wants_json(args)
+    where = parse(args.where)
     with open_collection(settings_from_args(args)) as col:
         stream = None if as_json else _stdout_token
-        result = col.ask(args.question, where=args.where, mmr=args.mmr, on_token=stream)
+        result = col.ask(args.question, where=where, mmr=args.mmr, on_token=stream)
     if as_json:
         emit(result.to_json())
         return 0
@@ -91,21 +96,27 @@ ask = Command(
 
 
 def _stdout_token(token: str) -> None:
-    sys.stdout.write(token)
+    sys.stdout.write(printable(token))
     sys.stdout.flush()
 
 
 def _print_sources(result: Any) -> None:
     if result.attributed:
-        print(f"\n(The model cited no passage; ragkit matched the answer to them: {result.text})")
+        print(
+            "\n(The model cited no passage; ragkit matched the answer to them: "
+            f"{printable(result.text)})"
+        )
     if result.sources:
         print("\nSources:")
         for n, h in enumerate(result.sources, 1):
             mark = "*" if n in result.citations else " "
             print(f" {mark}[{n}] {display_path(h.chunk.source)}{_where(h.chunk.metadata)}")
+    if result.left_out:
+        more = f"{result.left_out} more passage" + (" was" if result.left_out == 1 else "s were")
+        print(f"   ({more} retrieved but left out: beyond the model's context)")
     t = result.timings
     print(
-        f"\n— {result.generator}: {result.model} (retrieval {t.get('retrieve', 0):.2f} s, "
+        f"\n— {result.generator}: {printable(result.model)} (retrieval {t.get('retrieve', 0):.2f} s, "
         f"generation {t.get('generate', 0):.2f} s)"
     )
 
@@ -121,9 +132,11 @@ def _configure_chat(p: argparse.ArgumentParser) -> None:
 
 def _run_chat(args: argparse.Namespace) -> int:
     from rag.collection import open_collection
+    from rag.filters import parse
     from rag.generation import load_generator
 
     settings = settings_from_args(args)
+    where = parse(args.where)
     history: list[tuple[str, str]] = []
     with open_collection(settings) as col:
         gen = load_generator(settings, embed=col.embedder.embed)
@@ -148,7 +161,7 @@ def _run_chat(args: argparse.Namespace) -> int:
             sys.stdout.write("rag> ")
             result = col.ask(
                 question,
-                where=args.where,
+                where=where,
                 mmr=args.mmr,
                 history=history,
                 generator=gen,
@@ -156,7 +169,7 @@ def _run_chat(args: argparse.Namespace) -> int:
             )
             print()
             if result.query != question:
-                print(f"(searched for: {result.query})")
+                print(f"(searched for: {printable(result.query)})")
             _print_sources(result)
             history.append((question, result.text))
 

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rag.commands import display_path, printable
+
 QUIET_SECONDS = 1.0
 POLL_SECONDS = 2.0
 
@@ -50,12 +52,16 @@ def watch(
                 flush=True,
             )
             for f in out["failed"]:
-                print(f"  failed: {f['path']}: {f['reason']}", file=sys.stderr)
+                print(
+                    f"  failed: {display_path(f['path'])}: {printable(f['reason'])}",
+                    file=sys.stderr,
+                )
 
     try:
         run()
         if not quiet and not as_json:
-            print(f"watching {', '.join(paths)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            shown = ", ".join(display_path(p) for p in paths)
+            print(f"watching {shown} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         last_state = _snapshot(paths) if observer is None else None
         while max_rounds is None or rounds < max_rounds:
             if observer is None:
