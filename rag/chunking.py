@@ -1,8 +1,12 @@
 """Cutting documents into chunks sized in the embedding model's own tokens.
 
 Plain text goes through langchain-text-splitters' recursive splitter (paragraphs, lines,
-sentences, words, characters); Markdown through the same splitter with Markdown's separators,
-so that it cuts at headings first, and each chunk records the heading path it sits under.
+sentences, words, characters). Markdown is cut at its headings first: each section is a chunk
+of its own, only a section longer than the chunk size is split further, and each chunk
+records the heading path of its section. Sections are not packed together, however small:
+a chunk holding the end of one section and a small next one would be cited, and found, under
+the first one's heading only (measured on the guide in data/: packing lost questions whose
+answer is a short section).
 No chunk is longer than the model's maximum sequence length: a model such as
 all-MiniLM-L6-v2 silently drops everything after 256 word pieces, so a chunk that the
 splitter's estimate lets through too long is cut again.
@@ -23,7 +27,7 @@ from typing import Any
 from rag.errors import ConfigError
 from rag.types import Chunk, Document, Metadata
 
-CHUNKER_VERSION = 1
+CHUNKER_VERSION = 2  # 2: Markdown sections are never packed together
 
 # Regular expressions, tried in order; each split keeps the text intact (a zero-width or
 # whitespace separator goes to the start of the next piece and is stripped at chunk edges).
@@ -154,33 +158,23 @@ class Chunker:
     def _split(self, text: str, markdown: bool) -> list[tuple[str, int]]:
         if not markdown:
             return self._enforce_limit(_with_offsets(text, self._text.split_text(text)))
-        # Markdown: cut at headings (outside code fences) first, pack small neighbouring
-        # sections together, and split long sections with the recursive splitter.
+        # Markdown: cut at headings (outside code fences) first; a section within the size
+        # is one chunk, a longer one is split with the recursive splitter.
         pieces: list[tuple[str, int]] = []
-        buf: list[tuple[str, int]] = []
-        buf_tokens = 0
         sections = [(t, s) for t, s in _sections(text) if t.strip()]
         counts = self._count([t for t, _ in sections])
         for (section, start), n in zip(sections, counts, strict=True):
-            if buf and buf_tokens + n <= self.size:
-                buf.append((section, start))
-                buf_tokens += n
-                continue
-            if buf:
-                pieces.append(_join(buf))
-                buf, buf_tokens = [], 0
             if n <= self.size:
-                buf, buf_tokens = [(section, start)], n
+                pieces.append((section, start))
             else:
                 parts = _with_offsets(section, self._text.split_text(section))
                 pieces.extend((t, start + s) for t, s in parts)
-        if buf:
-            pieces.append(_join(buf))
         return self._enforce_limit(self._attach_lone_headings(pieces))
 
     def _attach_lone_headings(self, pieces: list[tuple[str, int]]) -> list[tuple[str, int]]:
-        # A heading cut off from its section (the section was too long to join it) is put in
-        # front of the section's first chunk when the two fit together.
+        # A piece that is only headings (a parent section with no text of its own, or a
+        # heading the splitter cut off a long section) is put in front of the next chunk
+        # when the two fit together.
         out: list[tuple[str, int]] = []
         i = 0
         while i < len(pieces):
@@ -251,10 +245,6 @@ def _sections(text: str) -> list[tuple[str, int]]:
     return [(text[a:b].strip("\n"), a) for a, b in itertools.pairwise(cuts)]
 
 
-def _join(parts: list[tuple[str, int]]) -> tuple[str, int]:
-    return "\n\n".join(t.strip() for t, _ in parts), parts[0][1]
-
-
 def _with_offsets(text: str, parts: list[str]) -> list[tuple[str, int]]:
     """Each part with its character offset in ``text`` (parts are in order, may overlap)."""
     out: list[tuple[str, int]] = []
@@ -283,11 +273,15 @@ class _HeadingIndex:
         self.paths = paths
 
     def path_at(self, start: int, text: str) -> str:
-        # The heading in force where the chunk starts; a chunk that begins with a heading
-        # line belongs under that heading.
-        first_line = text.lstrip().split("\n", 1)[0]
-        probe = start + len(first_line) if _HEADING.match(first_line) else start
-        i = bisect.bisect_right(self.offsets, probe) - 1
+        # The heading in force where the chunk's body starts: a chunk that begins with
+        # heading lines (a section's own, or a parent's that has no text of its own) belongs
+        # under the last of them.
+        probe = start
+        for line in text.split("\n"):
+            if line.strip() and not _HEADING.match(line):
+                break
+            probe += len(line) + 1
+        i = bisect.bisect_right(self.offsets, probe - 1) - 1
         return self.paths[i] if i >= 0 else ""
 
 

@@ -10,6 +10,7 @@ from rag.chunking import Chunker, ChunkerSettings
 from rag.embeddings import load_embedder
 from rag.embeddings.hashing import HashingEmbedder
 from rag.types import Document
+from tests.conftest import DATA
 
 
 def _chunker(emb, size: int = 200, overlap: int = 32) -> Chunker:
@@ -128,3 +129,41 @@ def test_markdown_headings_and_metadata() -> None:
     # A heading cut off from a long section travels with the section's first chunk.
     install = next(c for c in chunks if c.metadata.get("heading") == "Guide > Install")
     assert install.text.startswith("## Install\n\nInstall words.")
+
+
+def test_markdown_sections_are_kept_apart() -> None:
+    """Small neighbouring sections are not packed together: each chunk lies within one
+    section and carries that section's heading (a section that holds only its heading goes
+    with the first chunk of the subsection it opens, under the subsection's heading)."""
+    emb = HashingEmbedder(32)
+    md = (
+        "# Formats\n\nragkit reads files.\n\n"
+        "## PDF\n\nPDF files are read page by page.\n\n"
+        "## Word documents\n\nThe older `.doc` format is not supported.\n\n"
+        "## Options\n\n### Size\n\nThe size limit is 50 MB.\n"
+    )
+    chunks = _chunker(emb, 200, 0).chunk([Document("/f.md", md, format="markdown")])
+    assert [(c.metadata.get("heading"), c.text) for c in chunks] == [
+        ("Formats", "# Formats\n\nragkit reads files."),
+        ("Formats > PDF", "## PDF\n\nPDF files are read page by page."),
+        (
+            "Formats > Word documents",
+            "## Word documents\n\nThe older `.doc` format is not supported.",
+        ),
+        ("Formats > Options > Size", "## Options\n\n### Size\n\nThe size limit is 50 MB."),
+    ]
+
+
+def test_guide_doc_sentence_sits_under_its_own_heading() -> None:
+    """data/05-file-formats.md: the sentence about `.doc` files is cited under "Word
+    documents", not under the section before it."""
+    emb = HashingEmbedder(32)
+    path = DATA / "05-file-formats.md"
+    doc = Document(str(path), path.read_text(encoding="utf-8"), format="markdown")
+    chunks = _chunker(emb).chunk([doc])
+    about_doc = [c for c in chunks if "`.doc`" in c.text]
+    assert about_doc
+    assert {c.metadata.get("heading") for c in about_doc} == {
+        "Supported File Formats > Word documents"
+    }
+    assert all(len(c.text.split("\n## ")) == 1 for c in chunks)  # one section per chunk

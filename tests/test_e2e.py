@@ -51,6 +51,18 @@ def test_search_finds_the_right_page(sample_data_dir: Path) -> None:
     assert Path(out["hits"][0]["source"]).name == "07-embeddings.md"
 
 
+def test_search_finds_a_small_section_under_its_own_heading(sample_data_dir: Path) -> None:
+    """The sentence about `.doc` files is its own section's chunk (not packed into the PDF
+    section before it), so the question finds it and cites the right heading."""
+    out = json.loads(
+        cli(sample_data_dir, "search", "Can ragkit ingest .doc files?", "--json").stdout
+    )
+    top3 = [h for h in out["hits"][:3] if "`.doc`" in h["text"]]
+    assert top3, [h["metadata"].get("heading") for h in out["hits"]]
+    assert Path(top3[0]["source"]).name == "05-file-formats.md"
+    assert top3[0]["metadata"]["heading"] == "Supported File Formats > Word documents"
+
+
 def test_local_model_answers_from_the_passages(sample_data_dir: Path) -> None:
     out = json.loads(
         cli(
