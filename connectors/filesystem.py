@@ -26,9 +26,9 @@ from pathlib import Path
 
 from connectors.formats import PARSERS, parse
 from rag.contract import check_metadata
-from rag.errors import ConfigError, IngestError, MetadataError
+from rag.errors import ConfigError, IngestError, MetadataError, NothingToIndex
 from rag.source import SourceItem, SourceOptions
-from rag.types import Document, Failure
+from rag.types import Document, Failure, Skipped
 
 #: Suffixes that :func:`walk` yields and :func:`load` can parse (matched lower-cased).
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(PARSERS)
@@ -215,9 +215,10 @@ _Entry = tuple[str, str, frozenset[tuple[int, int]]]  # path, path below the roo
 class _Walk:
     """State of one :func:`walk` call: the filters and what has been seen already."""
 
-    def __init__(self, filters: _Filter, max_bytes: int) -> None:
+    def __init__(self, filters: _Filter, max_bytes: int, *, list_unsupported: bool) -> None:
         self.filters = filters
         self.max_bytes = max_bytes
+        self.list_unsupported = list_unsupported
         self.seen_files: set[tuple[int, int]] = set()
         self.seen_dirs: set[tuple[int, int]] = set()
 
@@ -290,8 +291,9 @@ class _Walk:
         ancestors: frozenset[tuple[int, int]],
         stack: list[_Entry],
         links: list[_Entry],
-    ) -> Iterator[Failure]:
+    ) -> Iterator[Failure | Skipped]:
         names: list[tuple[str, bool]] = []
+        unsupported: list[str] = []
         try:
             with os.scandir(folder) as it:
                 for entry in it:
@@ -304,11 +306,18 @@ class _Walk:
                         wanted = _supported(name) or not os.path.splitext(name)[1] or entry.is_dir()
                         if wanted:
                             names.append((name, entry.is_symlink()))
+                        elif self.list_unsupported and entry.is_file():
+                            child = f"{rel}/{name}" if rel else name
+                            if self.filters.accepts(child):
+                                unsupported.append(os.path.join(folder, name))
                     except OSError:
                         continue
         except OSError as e:
             yield _failure(folder, _os_reason(e))
             return
+        for path in sorted(unsupported):
+            suffix = os.path.splitext(path)[1].lower()
+            yield Skipped(source_id(path), f"unsupported file type {source_id(suffix)!r}")
         names.sort()
         children = [
             ((os.path.join(folder, name), f"{rel}/{name}" if rel else name, ancestors), link)
@@ -324,13 +333,16 @@ def walk(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     max_bytes: int = DEFAULT_MAX_BYTES,
-) -> Iterator[FileRef | Failure]:
+    list_unsupported: bool = False,
+) -> Iterator[FileRef | Failure | Skipped]:
     """Files to ingest under `paths` (files or folders), sorted, deterministic.
 
     Folders are walked recursively, skipping hidden entries (names starting with ".") and
     :data:`IGNORED_DIRS`; only files with a :data:`SUPPORTED_SUFFIXES` suffix are yielded.
-    A file named explicitly is yielded even when hidden, and yields a Failure when its type
-    is unsupported. `paths` are handled in the order given; below each folder the files come
+    A file named explicitly is yielded even when hidden, and yields a
+    :class:`~rag.types.Skipped` when its type is unsupported; with ``list_unsupported``, so
+    does every other file of an unsupported type that the patterns accept (hidden entries
+    and ignored folders are never listed). `paths` are handled in the order given; below each folder the files come
     in order of their path components.
 
     ``include`` and ``exclude`` are glob patterns matched against the path relative to the
@@ -352,7 +364,7 @@ def walk(
     """
     if isinstance(paths, str | Path):
         raise TypeError("walk() takes a sequence of paths; wrap a single path in a list")
-    state = _Walk(_Filter(include, exclude), max_bytes)
+    state = _Walk(_Filter(include, exclude), max_bytes, list_unsupported=list_unsupported)
     for raw in paths:
         path = os.path.abspath(os.path.expanduser(os.fspath(raw)))
         try:
@@ -372,7 +384,7 @@ def walk(
         if suffix not in SUPPORTED_SUFFIXES:
             shown = f"'{suffix}'" if suffix else "(no suffix)"
             supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
-            yield _failure(path, f"unsupported file type {shown}; supported: {supported}")
+            yield Skipped(source_id(path), f"unsupported file type {shown}; supported: {supported}")
             continue
         if state.filters.accepts(os.path.basename(path)):
             yield from state.file(os.path.realpath(path), st)
@@ -434,7 +446,7 @@ def load(ref: FileRef) -> list[Document]:
         raise IngestError(f"unsupported file type {source_id(suffix)!r}")
     data, st = _read_stable(path)
     if not data:
-        raise IngestError("empty file")
+        raise NothingToIndex("empty file")
     parsed = parse(suffix, data, source_id(path.stem))
     source = source_id(str(path))
     common = {
@@ -490,6 +502,9 @@ class FilesystemSource:
     def __init__(self, options: SourceOptions) -> None:
         if not options.targets:
             raise ConfigError("name at least one file or folder to ingest")
+        for target in options.targets:
+            if not os.path.lexists(os.path.expanduser(os.fspath(target))):
+                raise ConfigError(f"{source_id(os.fspath(target))}: no such file or directory")
         self.options = options
         self._filter = _Filter(options.include, options.exclude)  # bad patterns fail here
         real = [os.path.realpath(os.path.abspath(os.path.expanduser(t))) for t in options.targets]
@@ -497,14 +512,18 @@ class FilesystemSource:
         #: The real path of each id that :func:`source_id` changed, from the last scan.
         self._paths: dict[str, str] = {}
 
-    def scan(self) -> Iterator[SourceItem | Failure]:
+    def scan(self) -> Iterator[SourceItem | Failure | Skipped]:
         o = self.options
         self._paths = {}
         escaped: set[str] = set()  # ids with a "\\x" in them: where two names could meet
         for ref in walk(
-            list(o.targets), include=o.include, exclude=o.exclude, max_bytes=o.max_bytes
+            list(o.targets),
+            include=o.include,
+            exclude=o.exclude,
+            max_bytes=o.max_bytes,
+            list_unsupported=True,
         ):
-            if isinstance(ref, Failure):
+            if isinstance(ref, Failure | Skipped):
                 yield ref
                 continue
             path = str(ref.path)

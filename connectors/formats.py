@@ -19,7 +19,7 @@ from connectors.parsers import (
     parse_text,
     short_message,
 )
-from rag.errors import IngestError
+from rag.errors import IngestError, NothingToIndex
 
 
 def _parse_html(data: bytes, stem: str) -> list[Parsed]:
@@ -77,7 +77,7 @@ def parse(suffix: str, data: bytes, stem: str) -> list[Parsed]:
         raise IngestError(f"could not parse {kind}: {short_message(e)}") from e
     kept = [p for p in parsed if p.text.strip()]
     if not kept:
-        raise IngestError("no text")
+        raise NothingToIndex("no text")
     return kept
 
 

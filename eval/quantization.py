@@ -124,7 +124,12 @@ def make_variant(
     if base in ("onnx", "onnx-plain"):
 
         def build() -> Embedder:
-            emb = OnnxEmbedder(DEFAULT_EMBED_MODEL, batch_size=batch, cache_dir=cache_dir)
+            emb = OnnxEmbedder(
+                DEFAULT_EMBED_MODEL,
+                batch_size=batch,
+                cache_dir=cache_dir,
+                keep_intermediates=base == "onnx-plain",  # the plain graph is an intermediate
+            )
             if base == "onnx-plain":  # the graph as exported, before the transformer fusions
                 emb.path = emb.path.parent / "model.onnx"
                 emb._session = onnx_session(emb.path, emb.threads)

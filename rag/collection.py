@@ -36,6 +36,7 @@ from rag.config import (
 )
 from rag.errors import (
     CollectionNotFoundError,
+    ConfigError,
     EmbedderMismatchError,
     LockedError,
     StoreCorruptedError,
@@ -226,8 +227,13 @@ class Collection:
             max_bytes=self.settings.max_file_bytes,
         )
         reader = open_source(source, options)
+        started = time.perf_counter()
         with self.lock():
+            # The model first, and timed: a first use exports it, which takes seconds.
+            self.embedder  # noqa: B018 (loads it)
+            model_seconds = time.perf_counter() - started
             chunking, rechunk = self._chunking()
+            self._check_chunking(chunking)
             manifest = self._prepare_manifest(chunking, rechunk)
             cache = self._embedding_cache(
                 manifest.embed_model, manifest.embed_backend, manifest.dim
@@ -238,6 +244,8 @@ class Collection:
                 cache.close()
             if report.chunks or report.deleted:
                 self._refresh_bm25()
+            report.model_seconds = model_seconds
+            report.seconds = time.perf_counter() - started
             manifest.last_ingest = {
                 "time": time.time(),
                 "source": source,
@@ -271,6 +279,24 @@ class Collection:
             chunking.chunk_overlap,
         )
         return chunking, rechunk
+
+    def _check_chunking(self, chunking: ChunkerSettings) -> None:
+        """Refuse a chunk size the model cannot read whole, or an overlap over half the size,
+        rather than change them behind the user's back."""
+        s = self.settings
+        if s.chunk_size is None and s.chunk_overlap is None:
+            return
+        limit = self.embedder.max_tokens
+        if chunking.chunk_size > limit:
+            raise ConfigError(
+                f"chunk size {chunking.chunk_size} is more than {self.embed_model} reads at "
+                f"once ({limit} tokens; it would ignore the rest): choose at most {limit}"
+            )
+        if chunking.chunk_overlap > chunking.chunk_size // 2:
+            raise ConfigError(
+                f"chunk overlap {chunking.chunk_overlap} is more than half the chunk size "
+                f"{chunking.chunk_size}: choose at most {chunking.chunk_size // 2}"
+            )
 
     def _prepare_manifest(self, chunking: ChunkerSettings, rechunk: bool) -> Manifest:
         """The manifest, written now for a new collection or new chunker settings (which

@@ -8,14 +8,15 @@ Environment variables: ``RAG_DATA_DIR``, ``RAG_COLLECTION``, ``RAG_STORE``,
 ``RAG_EMBED_BACKEND``, ``RAG_CHUNK_SIZE``, ``RAG_CHUNK_OVERLAP``, ``RAG_K``, ``RAG_MODE``,
 ``RAG_GENERATOR``, ``RAG_LLM_MODEL``, ``RAG_LOCAL_MODEL``, ``RAG_MAX_FILE_MB``,
 ``RAG_LLM_THREADS``, ``RAG_MODELS_DIR`` (where exported ONNX models are cached; default
-``<data dir>/models``); and the ``openai`` package's own ``OPENAI_API_KEY`` and
-``OPENAI_BASE_URL``.
+the user's cache folder, :func:`models_dir`); and the ``openai`` package's own
+``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -80,11 +81,32 @@ def installed_versions(packages: tuple[str, ...] = RECORDED_PACKAGES) -> dict[st
     return out
 
 
-def models_dir(settings: Settings) -> Path:
-    """Where exported ONNX models are cached: ``RAG_MODELS_DIR``, or ``<data dir>/models``.
-    Several data directories can share one folder (an export is a few seconds per model)."""
+def models_dir(settings: Settings | None = None) -> Path:
+    """Where exported ONNX models are cached, one folder for all of a user's data directories:
+    ``RAG_MODELS_DIR``, else ``ragkit/models`` in the user's cache folder
+    (``$XDG_CACHE_HOME``, by default ``~/.cache``, on Linux; ``~/Library/Caches`` on macOS;
+    ``%LOCALAPPDATA%`` on Windows). Where no home folder can be found (no ``HOME``, no
+    account entry), ``<data dir>/models`` of ``settings``."""
     env = os.environ.get("RAG_MODELS_DIR")
-    return Path(env) if env else Path(settings.data_dir) / "models"
+    if env:
+        return Path(env).expanduser()
+    try:
+        return _user_cache_dir() / "ragkit" / "models"
+    except RuntimeError as e:  # Path.home(): "Could not determine home directory"
+        if settings is None:
+            raise ConfigError(f"no folder to cache models in ({e}); set RAG_MODELS_DIR") from e
+        return Path(settings.data_dir) / "models"
+
+
+def _user_cache_dir() -> Path:
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA")
+        return Path(local) if local else Path.home() / "AppData" / "Local"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches"
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    # The XDG specification: a relative value is invalid and is ignored.
+    return Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
 
 
 _ENV: dict[str, str] = {

@@ -82,6 +82,11 @@ class IngestError(RagError):
     """A document could not be read, parsed or indexed."""
 
 
+class NothingToIndex(IngestError):
+    """A document was read and holds no text to index (an empty file): it is skipped, not
+    failed."""
+
+
 class EmbeddingError(RagError):
     """The embedding model could not be loaded or failed to encode."""
 

@@ -22,16 +22,16 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rag.errors import ConfigError, IngestError
+from rag.errors import ConfigError, IngestError, NothingToIndex
 from rag.records import CachedVectors, EmbeddingCache, RecordStore, SourceRecord
 from rag.source import Source, SourceItem
 from rag.store import VectorStore
-from rag.types import Chunk, Failure
+from rag.types import Chunk, Failure, Skipped
 
 if TYPE_CHECKING:
     from rag.chunking import Chunker
@@ -51,28 +51,49 @@ class IngestReport:
     unchanged: int = 0
     deleted: int = 0
     failed: list[Failure] = field(default_factory=list)
+    #: Items with nothing to index (empty files, file types no parser reads): listed, not
+    #: errors. An item that had chunks and now has none loses them.
+    skipped: list[Skipped] = field(default_factory=list)
     chunks: int = 0
     embedded: int = 0
     cached: int = 0
     total_chunks: int = 0
+    #: Wall time of the whole ingest, preparing the model included.
     seconds: float = 0.0
+    #: Of that, loading the embedding model (on first use, exporting it: seconds).
+    model_seconds: float = 0.0
     embed_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["failed"] = [{"path": f.source, "reason": f.reason} for f in self.failed]
+        out["skipped"] = [{"path": f.source, "reason": f.reason} for f in self.skipped]
         out["seconds"] = round(self.seconds, 3)
         out["embed_seconds"] = round(self.embed_seconds, 3)
+        out["model_seconds"] = round(self.model_seconds, 3)
         return out
 
 
 @dataclass
 class Progress:
-    """A snapshot handed to the progress callback after each step."""
+    """A snapshot handed to the progress callback after each step (from the calling thread
+    or the writer thread, one call at a time).
 
+    Chunks are the unit of work: ``chunks`` of ``chunks_total`` are embedded (or found in
+    the embedding cache). ``chunks_total`` counts the chunks of the files read so far, so it
+    grows while the reader is ahead of the model, and is final once ``files_done`` reaches
+    ``files_total``.
+    """
+
+    #: Files (source items) this run reads: the new and changed ones.
     files_total: int
+    #: Of those, the files finished: written, unchanged after all, failed or skipped.
     files_done: int
+    #: Chunks embedded or taken from the embedding cache.
     chunks: int
+    #: Chunks of the files read so far.
+    chunks_total: int
+    #: Chunks the model embedded (the rest came from the cache), and the seconds it took.
     embedded: int
     embed_seconds: float
     failed: int
@@ -88,6 +109,7 @@ class _Loaded:
     chunks: list[Chunk] | None = None
     content_hash: str = ""
     failure: Failure | None = None
+    skipped: Skipped | None = None
 
 
 @dataclass
@@ -161,6 +183,9 @@ class Ingestor:
             if isinstance(item, Failure):
                 report.failed.append(item)
                 continue
+            if isinstance(item, Skipped):
+                report.skipped.append(item)
+                continue
             if item.id in seen:
                 continue
             seen.add(item.id)
@@ -196,7 +221,7 @@ class Ingestor:
         return report
 
     @staticmethod
-    def _items(source: Source, also: Sequence[str]) -> Iterable[SourceItem | Failure]:
+    def _items(source: Source, also: Sequence[str]) -> Iterable[SourceItem | Failure | Skipped]:
         yield from source.scan()
         for source_id in also:
             item = source.locate(source_id)
@@ -218,11 +243,25 @@ class Ingestor:
         )
         errors: list[BaseException] = []
         stop = threading.Event()
-        state = Progress(len(todo), 0, 0, 0, 0.0, 0)
+        state = Progress(
+            files_total=len(todo),
+            files_done=0,
+            chunks=0,
+            chunks_total=0,
+            embedded=0,
+            embed_seconds=0.0,
+            failed=0,
+        )
+        state_lock = threading.Lock()
 
-        def notify() -> None:
-            if progress is not None:
-                progress(Progress(**asdict(state)))
+        def advance(**steps: float) -> None:
+            """Adds ``steps`` to the counters and reports them (the calling thread and the
+            writer both count, so under a lock, which also keeps the callbacks in order)."""
+            with state_lock:
+                for name, n in steps.items():
+                    setattr(state, name, getattr(state, name) + n)
+                if progress is not None:
+                    progress(replace(state))
 
         def reader() -> None:
             try:
@@ -242,8 +281,7 @@ class Ingestor:
                 while (item := write_q.get()) is not None:
                     chunks, vectors, finished = item
                     self._write(chunks, vectors, finished, pending, report)
-                    state.files_done += len(finished)
-                    notify()
+                    advance(files_done=len(finished))
             except BaseException as e:
                 errors.append(e)
                 stop.set()
@@ -264,13 +302,17 @@ class Ingestor:
                     continue
                 if loaded.failure is not None:
                     report.failed.append(loaded.failure)
-                    state.failed += 1
-                    state.files_done += 1
-                    notify()
+                    advance(files_done=1, failed=1)
+                    continue
+                if loaded.skipped is not None:
+                    report.skipped.append(loaded.skipped)
+                    if loaded.record is not None:  # it had chunks; it has none now
+                        self._remove([loaded.record], report)
+                    advance(files_done=1)
                     continue
                 if self._unchanged(loaded):
                     report.unchanged += 1
-                    state.files_done += 1
+                    advance(files_done=1)
                     continue
                 assert loaded.chunks is not None
                 pending[loaded.ref.id] = _Pending(
@@ -278,12 +320,12 @@ class Ingestor:
                 )
                 batch.extend(loaded.chunks)
                 finished.append(loaded)
+                advance(chunks_total=len(loaded.chunks))
                 if len(batch) >= _EMBED_BATCH:
-                    write_q.put(self._embed(batch, finished, report, state))
+                    write_q.put(self._embed(batch, finished, report, advance))
                     batch, finished = [], []
-                    notify()
             if (batch or finished) and not stop.is_set():
-                write_q.put(self._embed(batch, finished, report, state))
+                write_q.put(self._embed(batch, finished, report, advance))
         except BaseException:
             stop.set()
             raise
@@ -303,8 +345,10 @@ class Ingestor:
                 return out
             chunks = self.chunker.chunk(docs)
             if not chunks:
-                raise IngestError("no text to index")
+                raise NothingToIndex("no text to index")
             out.chunks = chunks
+        except NothingToIndex as e:
+            out.skipped = Skipped(ref.id, str(e))
         except IngestError as e:
             out.failure = Failure(ref.id, str(e))
         except OSError as e:
@@ -329,7 +373,11 @@ class Ingestor:
         return False
 
     def _embed(
-        self, batch: list[Chunk], finished: list[_Loaded], report: IngestReport, state: Progress
+        self,
+        batch: list[Chunk],
+        finished: list[_Loaded],
+        report: IngestReport,
+        advance: Callable[..., None],
     ) -> tuple[list[Chunk], np.ndarray, list[_Loaded]]:
         texts = [c.text for c in batch]
         if self.cache is None:
@@ -339,11 +387,9 @@ class Ingestor:
         else:
             got = self.cache.embed(texts, self.embedder.embed)
         report.embed_seconds += got.seconds
-        state.embed_seconds += got.seconds
         report.embedded += got.embedded
-        state.embedded += got.embedded
         report.cached += got.cached
-        state.chunks += len(texts)
+        advance(chunks=len(texts), embedded=got.embedded, embed_seconds=got.seconds)
         return batch, got.vectors, finished
 
     def _write(

@@ -5,11 +5,13 @@ A source is a plugin of the ``ragkit.sources`` entry-point group (ragkit's own
 built from :class:`SourceOptions` and does three things:
 
 * :meth:`Source.scan` lists what is there now, cheaply: one :class:`SourceItem` per unit to
-  index (a file, a page, a row set), or a :class:`~rag.types.Failure` for something it
-  cannot use. Items carry a size and a modification time, so an unchanged item costs
+  index (a file, a page, a row set), a :class:`~rag.types.Failure` for something it
+  cannot read, or a :class:`~rag.types.Skipped` for something it will not read (a file type
+  it has no parser for). Items carry a size and a modification time, so an unchanged item costs
   nothing: the pipeline compares them with what it recorded and does not read it.
 * :meth:`Source.load` reads one item into documents, raising
-  :class:`~rag.errors.IngestError` with a reason a user can act on.
+  :class:`~rag.errors.IngestError` with a reason a user can act on, or
+  :class:`~rag.errors.NothingToIndex` when the item holds no text (it is then skipped).
 * :meth:`Source.covers` says whether a recorded item belongs to what this source spans,
   so that a full cleanup removes what disappeared from it and nothing else; and
   :meth:`Source.locate` finds a recorded item again by its id (when a damaged collection
@@ -26,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
-from rag.types import Document, Failure
+from rag.types import Document, Failure, Skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,7 @@ class Source(Protocol):
     #: One line for ``rag plugins``.
     description: ClassVar[str]
 
-    def scan(self) -> Iterator[SourceItem | Failure]:
+    def scan(self) -> Iterator[SourceItem | Failure | Skipped]:
         """Every item there is now, in a deterministic order, each id once."""
         ...
 

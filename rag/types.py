@@ -35,6 +35,15 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
+class Skipped:
+    """A source that was read or seen and holds nothing to index (an empty file, a file
+    type no parser reads): listed for the user, not an error."""
+
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Chunk:
     """A piece of a document small enough to embed in one pass of the model."""
 

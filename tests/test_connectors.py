@@ -28,7 +28,7 @@ from rag.contract import check_chunks, check_metadata, check_text
 from rag.embeddings.hashing import HashingEmbedder
 from rag.errors import ConfigError, IngestError
 from rag.source import SourceItem, SourceOptions
-from rag.types import Document, Failure
+from rag.types import Document, Failure, Skipped
 from tests.fixtures_docs import encrypted_pdf_bytes, pdf_bytes, write_docx, write_pdf
 
 
@@ -140,9 +140,12 @@ def test_walk_explicit_files_hidden_unsupported_and_missing(
     refs = [i.path for i in items if isinstance(i, FileRef)]
     assert refs == [hidden.resolve(), inside_git.resolve()]
     supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
+    # An unsupported type is skipped (listed, not an error); a missing path fails.
+    assert [i for i in items if isinstance(i, Skipped)] == [
+        Skipped(str(odd), f"unsupported file type '.xyz'; supported: {supported}"),
+        Skipped(str(bare), f"unsupported file type (no suffix); supported: {supported}"),
+    ]
     assert failures(items) == [
-        Failure(str(odd), f"unsupported file type '.xyz'; supported: {supported}"),
-        Failure(str(bare), f"unsupported file type (no suffix); supported: {supported}"),
         Failure(str(tmp_path / "missing.md"), "no such file or directory"),
         Failure(str(tmp_path / "nope"), "no such file or directory"),
     ]

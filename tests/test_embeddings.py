@@ -171,7 +171,6 @@ def test_default_backend_is_int8_onnx_for_the_default_model_only(
     with monkeypatch.context() as m:
         _without_onnxruntime(m)
         assert config.default_embed_backend(None) == "torch"  # without the onnx extra
-    monkeypatch.delenv("RAG_MODELS_DIR", raising=False)
-    assert config.models_dir(config.Settings(data_dir=tmp_path)) == tmp_path / "models"
+    # Where exported models go: one folder per user (tests/test_model_cache.py), or this.
     monkeypatch.setenv("RAG_MODELS_DIR", str(tmp_path / "shared"))
     assert config.models_dir(config.Settings(data_dir=tmp_path)) == tmp_path / "shared"

@@ -6,8 +6,9 @@ The properties, after a first ingest, after files and links are removed, and aft
 narrower ``--include``:
 
 * nothing raises (the CLI exits 0 or 3 and never reports an "unexpected error");
-* every regular file with a supported suffix under the folder is ingested or listed as
-  failed with a reason, under an id inside the folder that is valid text;
+* every regular file with a supported suffix under the folder is ingested, or listed as
+  failed or as skipped (nothing to index) with a reason, under an id inside the folder
+  that is valid text;
 * the collection holds exactly what a clean ingest, into a fresh data directory, of a
   copy of only the files it ingested holds (the same sources and chunk texts);
 * a full cleanup under ``--include`` removes nothing that the pattern leaves out.
@@ -221,11 +222,15 @@ def candidates(root: Path) -> Iterator[tuple[str, str]]:
 def check_accounted(root: Path, outcome: Outcome) -> None:
     real = os.path.realpath(root) + os.sep
     failed = {f.source: f.reason for f in outcome.report.failed}
-    assert all(isinstance(r, str) and r for r in failed.values())
+    skipped = {f.source: f.reason for f in outcome.report.skipped}
+    assert all(isinstance(r, str) and r for r in [*failed.values(), *skipped.values()])
+    assert not failed.keys() & skipped.keys()
     recorded = {real + r for r in outcome.recorded}
     for ident, path in candidates(root):
         if not os.path.islink(path):  # a file is named by its own path, before any link
-            assert ident in recorded or ident in failed, f"{ident} neither ingested nor failed"
+            assert ident in recorded or ident in failed or ident in skipped, (
+                f"{ident} neither ingested, failed nor skipped"
+            )
         elif not os.path.exists(path):  # a link to a file may be a second name: no check
             assert ident in failed, f"the broken link {ident} is not reported"
 
@@ -338,6 +343,7 @@ def test_the_cli_ingests_generated_folders(spec: list) -> None:
         library = ingest(base / "lib-data", tree.root)
         assert report["added"] == len(library.recorded)
         assert {f["path"] for f in report["failed"]} == {f.source for f in library.report.failed}
+        assert {f["path"] for f in report["skipped"]} == {f.source for f in library.report.skipped}
 
         env["RAG_DATA_DIR"] = str(base / "cli-text")
         proc = subprocess.run(args, env=env, capture_output=True, timeout=300)

@@ -14,7 +14,7 @@ import pytest
 from rag import plugins
 from rag.collection import open_collection
 from rag.config import Settings
-from rag.errors import LockedError
+from rag.errors import ConfigError, LockedError
 
 BACKENDS = ["faiss", "chroma", "qdrant", "pgvector"]
 
@@ -188,4 +188,7 @@ def test_a_failing_file_keeps_its_previous_chunks(tmp_path: Path) -> None:
         after = {r.source: r.chunk_ids for r in col.records.all()}
         assert after == before
         shutil.rmtree(folder)
-        assert col.ingest([folder]).deleted == 0  # a missing root is a failure, not "all gone"
+        # A missing root is an error, never "all gone": nothing is deleted.
+        with pytest.raises(ConfigError, match="no such file or directory"):
+            col.ingest([folder])
+        assert {r.source: r.chunk_ids for r in col.records.all()} == before

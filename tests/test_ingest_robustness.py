@@ -49,23 +49,26 @@ def bad_folder(tmp_path: Path) -> Path:
 def test_bad_inputs_are_reported_and_the_rest_is_ingested(
     hashing_env: dict, bad_folder: Path, tmp_path: Path
 ) -> None:
+    # A path that does not exist is an error before anything is read.
     missing = tmp_path / "no-such-folder"
-    proc = rag(
-        hashing_env, "ingest", str(bad_folder), str(missing), "--max-file-mb", "0.1", "--json"
-    )
+    nowhere = rag(hashing_env, "ingest", str(bad_folder), str(missing), "--json")
+    assert nowhere.returncode == 2 and "no-such-folder: no such file" in nowhere.stderr
+    assert nowhere.stdout == ""
+
+    proc = rag(hashing_env, "ingest", str(bad_folder), "--max-file-mb", "0.1", "--json")
     assert proc.returncode == 3, proc.stderr
     out = json.loads(proc.stdout)
+    # Nothing to index is skipped (listed, not an error); what could not be read failed.
+    skipped = {Path(f["path"]).name: f["reason"] for f in out["skipped"]}
+    assert skipped == {"empty.txt": "empty file", "blank.md": "no text"}
     reasons = {Path(f["path"]).name: f["reason"] for f in out["failed"]}
     expected = {
-        "empty.txt": "empty",
-        "blank.md": "no text",
         "binary.txt": "binary",
         "truncated.pdf": "PDF",
         "locked.pdf": "encrypted",
         "big.txt": "larger than",
         "loop": "symlink loop",
         "dangling.md": "broken symlink",
-        "no-such-folder": "no such file",
     }
     for name, words in expected.items():
         assert name in reasons, f"{name} was not reported: {reasons}"
@@ -180,8 +183,8 @@ def test_a_missing_root_is_not_a_deletion(hashing_env: dict, tmp_path: Path) -> 
     assert rag(hashing_env, "ingest", str(folder), "--json").returncode == 0
     moved = tmp_path / "moved"
     shutil.move(folder, moved)
-    out = json.loads(rag(hashing_env, "ingest", str(folder), "--json").stdout)
-    assert out["deleted"] == 0 and out["failed"][0]["reason"] == "no such file or directory"
+    gone = rag(hashing_env, "ingest", str(folder), "--json")
+    assert gone.returncode == 2 and "no such file or directory" in gone.stderr
     status = json.loads(rag(hashing_env, "status", "--json").stdout)
     assert status["chunks"] == 1 and status["sources"] == 1
     assert os.path.exists(moved / "keep.md")
@@ -208,14 +211,15 @@ def test_names_that_are_not_utf8_are_ingested(hashing_env: dict, tmp_path: Path)
     with open(odd, "wb") as f:
         f.write(b"text in a file named in Latin-1\n")
     with open(os.path.join(os.fsencode(folder), b"z\xff.md"), "wb") as f:
-        f.write(b"")  # a failure whose name is not UTF-8 either
+        f.write(b"")  # skipped (empty), with a name that is not UTF-8 either
     out = ingest_json(hashing_env, str(folder))
     assert out["added"] == 2
-    assert [Path(f["path"]).name for f in out["failed"]] == ["z\\xff.md"]
+    assert [Path(f["path"]).name for f in out["skipped"]] == ["z\\xff.md"]
     assert recorded(hashing_env) == {"good.txt", "caf\\xe9.txt"}
     # The text report too, and a second run that finds nothing changed.
     proc = rag(hashing_env, "ingest", str(folder))
-    assert proc.returncode == 3 and "unexpected error" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0 and "unexpected error" not in proc.stderr, proc.stderr
+    assert "skipped" in proc.stderr and "z\\xff.md" in proc.stderr
     assert ingest_json(hashing_env, str(folder))["unchanged"] == 2
 
 

@@ -130,9 +130,13 @@ def test_concurrent_export_leaves_one_valid_model(
     assert leftovers == []
     import onnx
 
-    onnx.checker.check_model(str(folders[0] / "model.onnx"))
+    served = Path(paths.pop())
+    assert served.parent == folders[0] and served.name == "model-opt.onnx"  # fused
+    onnx.checker.check_model(str(served))
+    assert not (folders[0] / "model.onnx").exists()  # the export's intermediate is gone
     info = json.loads((folders[0] / "export.json").read_text())
     assert info["model_id"] == DEFAULT_EMBED_MODEL and info["opset"] >= 14
+    assert "model-opt.onnx" in info["served"]
 
 
 def test_export_is_reused(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

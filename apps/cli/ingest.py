@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from rag import plugins
@@ -75,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     show = not (args.quiet or as_json) and sys.stderr.isatty()
     if args.watch and args.source != "filesystem":
         raise ConfigError("--watch follows files and folders: it needs --source filesystem")
-    with open_collection(settings, create=True) as col:
+    with open_collection(settings, create=True) as col, model_notes(not (args.quiet or as_json)):
         if args.watch:
             from apps.cli.watch import watch
 
@@ -111,45 +115,118 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if report.failed else 0
 
 
+#: Skipped files listed in the text report (a folder of images would fill the screen).
+SHOW_SKIPPED = 20
+
+
 def _print_report(r: dict) -> None:
     print(
         f"{r['collection']} ({r['store']}): {r['files']} files — {r['added']} added, "
         f"{r['updated']} updated, {r['unchanged']} unchanged, {r['deleted']} removed; "
         f"{r['chunks']} chunks written, {r['embedded']} texts embedded, "
-        f"{r['total_chunks']} chunks in all ({r['seconds']:.1f} s)"
+        f"{r['total_chunks']} chunks in all ({r['seconds']:.1f} s{_model_time(r)})"
     )
+    skipped = r["skipped"]
+    for f in skipped[:SHOW_SKIPPED]:
+        print(f"  skipped: {display_path(f['path'])}: {printable(f['reason'])}", file=sys.stderr)
+    if len(skipped) > SHOW_SKIPPED:
+        more = len(skipped) - SHOW_SKIPPED
+        print(f"  ... and {more} more skipped (--json lists them all)", file=sys.stderr)
     for f in r["failed"]:
         print(f"  failed: {display_path(f['path'])}: {printable(f['reason'])}", file=sys.stderr)
 
 
+def _model_time(r: dict) -> str:
+    # Said only when it matters: an export on first use, a model slow to load.
+    m = r.get("model_seconds", 0.0)
+    return f", {m:.1f} s of it preparing the model" if m >= 1.0 else ""
+
+
 class ProgressBar:
-    """A tqdm bar over files, showing chunks and embedding throughput."""
+    """A tqdm bar over chunks (embedded of those known so far: the total grows while files
+    are read), with files and embedding throughput beside it. Redrawn at most ten times a
+    second; called from the ingest's threads one at a time."""
 
     def __init__(self) -> None:
         self._bar: Any = None
+        self._drawn = 0.0
+        self._last: Any = None
 
     def __call__(self, p: Any) -> None:
+        self._last = p
+        now = time.monotonic()
+        if self._bar is not None and now - self._drawn < 0.1:
+            return
+        self._drawn = now
+        self._draw(p)
+
+    def _draw(self, p: Any) -> None:
         from tqdm import tqdm
 
         if self._bar is None:
             self._bar = tqdm(
-                total=p.files_total,
-                unit="file",
+                total=p.chunks_total,
+                unit="chunk",
                 desc="ingest",
                 file=sys.stderr,
                 dynamic_ncols=True,
                 leave=False,
             )
-        self._bar.n = p.files_done
+        self._bar.total = max(p.chunks_total, p.chunks)
+        self._bar.n = p.chunks
         rate = p.embedded / p.embed_seconds if p.embed_seconds > 0 else 0.0
         self._bar.set_postfix_str(
-            f"{p.chunks} chunks, {rate:.0f} texts/s" + (f", {p.failed} failed" if p.failed else "")
+            f"{p.files_done}/{p.files_total} files, {rate:.0f} texts/s"
+            + (f", {p.failed} failed" if p.failed else ""),
+            refresh=False,
         )
         self._bar.refresh()
 
     def close(self) -> None:
         if self._bar is not None:
+            self._draw(self._last)  # the last step, which the rate limit may have skipped
             self._bar.close()
+
+
+class _Notes(logging.Handler):
+    """Writes ``rag.embeddings``' messages (a model being exported) as lines on stderr,
+    above a progress bar if one is drawn."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = printable(record.getMessage())
+        except Exception:  # a malformed message: logging's own report, never a crash
+            self.handleError(record)
+            return
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)  # handle() holds the handler's lock
+        sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def model_notes(show: bool) -> Iterator[None]:
+    """While it is open, what the embedding backends report on the ``rag.embeddings`` logger
+    at INFO (an ONNX export on first use, and its duration) is shown on stderr; nothing
+    where ``show`` is false (``--json``, ``--quiet``)."""
+    if not show:
+        yield
+        return
+    logger = logging.getLogger("rag.embeddings")
+    handler, level, propagate = _Notes(), logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    # Not twice: a library may give the root logger a handler while it exports.
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 command = Command(

@@ -3,12 +3,22 @@ backends (:mod:`rag.embeddings.onnx_runtime`) run.
 
 A BERT-style sentence-transformers model (a Transformer module, then mean or CLS pooling,
 then optional normalisation) is exported to ONNX once with torch, verified against torch,
-and cached under ``cache_dir/<slug>-<hash>/``::
+and cached under ``cache_dir/<slug>-<hash>/`` (``cache_dir`` is one folder per user,
+:func:`rag.config.models_dir`). Making a graph passes through these files::
 
     model.onnx                    the fp32 graph as torch exported it
     model-opt.onnx                the same after ONNX Runtime's transformer fusions
     model-int8-<recipe>.onnx      dynamic INT8 quantisation (see ``QuantRecipe``)
-    export.json                   what was exported, from which files, with which versions
+
+and only the graphs a backend loads stay (``onnx-int8``: its INT8 graph, 33 MB for the
+default model; ``onnx``: the fused graph, or the plain one where the fusions fail), with
+``export.json`` (what was exported, from which files, with which versions, and which graphs
+are kept) and an empty ``.lock``. The intermediates are made again when another backend or
+recipe needs them. An export made from the same model folder before its files were replaced
+(a reinstalled package) is deleted once the new one is made.
+
+An export takes seconds, so it is announced on the ``rag.embeddings`` logger at INFO (what
+is being made, then how long it took), for a command to show.
 
 Torch and transformers are imported only while exporting; reading a model folder
 (:func:`read_model_spec`) and finding a cached graph (:func:`prepare_onnx`) need neither.
@@ -19,12 +29,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +46,11 @@ from rag.config import installed_versions
 from rag.embeddings.models import quiet_transformers, resolve_model
 from rag.errors import EmbeddingError, MissingDependencyError
 
+logger = logging.getLogger("rag.embeddings")
+
 #: Bump when the export or its file layout changes: a new version exports afresh.
-EXPORT_VERSION = 1
+#: 2: intermediates deleted, the kept graphs listed in export.json's "served".
+EXPORT_VERSION = 2
 OPSET = 17
 #: Packages whose versions ``export.json`` records.
 _EXPORT_PACKAGES = ("torch", "transformers", "onnxruntime", "onnx")
@@ -214,16 +228,29 @@ def model_key(spec: ModelSpec) -> str:
 
 
 @contextlib.contextmanager
-def _file_lock(folder: Path) -> Iterator[None]:
-    """Serialises exports of one model between processes (threads have load_embedder's lock)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+b") as fh:
+def _file_lock(folder: Path, *, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """Serialises exports of one model between processes (threads have load_embedder's lock).
+    ``waiting`` is called when another process holds the lock, before waiting for it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fh = open(folder / ".lock", "a+b")  # noqa: SIM115 (closed below)
+    except OSError as e:
+        raise EmbeddingError(
+            f"cannot write the model cache {folder.parent}: {e.strerror or e}; "
+            "set RAG_MODELS_DIR to a folder this user can write"
+        ) from e
+    with fh:
         try:
             import fcntl
         except ImportError:  # no flock (Windows): atomic renames still keep the files whole
             yield
             return
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -454,45 +481,136 @@ def quantize_onnx(spec: ModelSpec, src: Path, dest: Path, recipe: QuantRecipe) -
 
 
 def prepare_onnx(
-    spec: ModelSpec, cache_dir: Path, *, quantized: bool, recipe: QuantRecipe = DEFAULT_INT8_RECIPE
+    spec: ModelSpec,
+    cache_dir: Path,
+    *,
+    quantized: bool,
+    recipe: QuantRecipe = DEFAULT_INT8_RECIPE,
+    keep_intermediates: bool = False,
 ) -> Path:
-    """The cached graph for ``spec``: exported, fused and quantised as needed, once."""
+    """The cached graph for ``spec``: exported, fused and quantised as needed, once per
+    ``cache_dir`` (concurrent processes wait for one another on a file lock).
+
+    Afterwards only the graphs some backend loads are left in the model's folder (the one
+    returned, and those earlier calls returned); ``keep_intermediates`` also keeps
+    ``model.onnx`` and ``model-opt.onnx``, for tools that compare them
+    (``eval/quantization.py``). The work is announced on the ``rag.embeddings`` logger.
+    """
     folder = cache_dir / model_key(spec)
     plain, fused = folder / "model.onnx", folder / "model-opt.onnx"
     int8 = folder / f"model-int8-{recipe.key}.onnx"
 
     def ready() -> Path | None:
+        info = _read_json(folder / "export.json")
+        if keep_intermediates and not plain.is_file():
+            return None
         if quantized:
             return int8 if int8.is_file() else None
-        info = _read_json(folder / "export.json")
-        if plain.is_file() and "fused" in info:
-            return fused if info["fused"] and fused.is_file() else plain
+        if "fused" in info:
+            served = fused if info["fused"] else plain
+            return served if served.is_file() else None
         return None
 
     if (done := ready()) is not None:
         return done
-    with _file_lock(folder):
+    name = Path(spec.model_id).name
+    variant = "int8" if quantized else "fp32"
+
+    def waiting() -> None:
+        logger.info("waiting for another process exporting %s to ONNX…", name)
+
+    with _file_lock(folder, waiting=waiting):
         if (done := ready()) is not None:  # another process made it while this one waited
             return done
+        logger.info("exporting %s to ONNX (%s), once per machine…", name, variant)
+        started = time.perf_counter()
         info = _read_json(folder / "export.json")
-        if not plain.is_file():
-            started = time.perf_counter()
-            export_onnx(spec, plain)
-            info = {
-                "model_id": spec.model_id,
-                "source": str(spec.root),
-                "export_version": EXPORT_VERSION,
-                "opset": OPSET,
-                "export_seconds": round(time.perf_counter() - started, 2),
-                "versions": installed_versions(_EXPORT_PACKAGES),
-            }
-        if "fused" not in info or (info["fused"] and not fused.is_file()):
-            info["fused"] = fuse_onnx(spec, plain, fused)
-            _write_json(folder / "export.json", info)
-        if not quantized:
+        served = set(info.get("served", []))
+
+        def plain_graph() -> Path:
+            if not plain.is_file():
+                t0 = time.perf_counter()
+                export_onnx(spec, plain)
+                info.update(
+                    model_id=spec.model_id,
+                    source=str(spec.root),
+                    export_version=EXPORT_VERSION,
+                    opset=OPSET,
+                    export_seconds=round(time.perf_counter() - t0, 2),
+                    versions=installed_versions(_EXPORT_PACKAGES),
+                )
+            return plain
+
+        def fp32_graph() -> Path:  # what the onnx backend runs: fused where the fusions apply
+            if info.get("fused") is True and fused.is_file():
+                return fused
+            if info.get("fused") is False:
+                return plain_graph()
+            info["fused"] = fuse_onnx(spec, plain_graph(), fused)
             return fused if info["fused"] else plain
-        quantize_onnx(spec, fused if recipe.fused and info["fused"] else plain, int8, recipe)
-        return int8
+
+        try:
+            if keep_intermediates:
+                plain_graph()
+            if quantized:
+                source = fp32_graph() if recipe.fused else plain_graph()
+                quantize_onnx(spec, source, int8, recipe)
+                target = int8
+            else:
+                target = fp32_graph()
+            served.add(target.name)
+            info["served"] = sorted(served)
+            _write_json(folder / "export.json", info)
+        finally:
+            if not keep_intermediates:
+                _prune(folder, served)
+        _drop_stale(folder, spec)
+        logger.info(
+            "exported %s to ONNX (%s) in %.1f s, cached in %s",
+            name,
+            variant,
+            time.perf_counter() - started,
+            cache_dir,
+        )
+        return target
+
+
+def _drop_stale(folder: Path, spec: ModelSpec) -> None:
+    """Deletes the exports of the same model folder made from files since replaced (a
+    reinstalled package: the key changed), which nothing can load again. One that another
+    process holds locked, exporting, is left alone."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock to tell whether someone is using it
+        return
+    source = str(spec.root)
+    for other in folder.parent.iterdir():
+        if other == folder or not (other / "export.json").is_file():
+            continue
+        try:
+            info = _read_json(other / "export.json")
+        except EmbeddingError:  # unreadable: not known to be stale
+            continue
+        if not isinstance(info, dict) or info.get("source") != source:
+            continue
+        try:
+            with open(other / ".lock", "a+b") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                for path in other.iterdir():
+                    if path.name != ".lock":
+                        path.unlink(missing_ok=True)
+                (other / ".lock").unlink(missing_ok=True)
+            other.rmdir()
+        except OSError:  # locked, or not ours to delete: it stays
+            continue
+
+
+def _prune(folder: Path, served: set[str]) -> None:
+    """Deletes the graphs no backend loads, and temporary files that exports killed midway
+    left behind (the caller holds the folder's lock, so no other process is writing)."""
+    for path in folder.iterdir():
+        if (path.suffix == ".onnx" and path.name not in served) or path.name.endswith(".tmp"):
+            path.unlink(missing_ok=True)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

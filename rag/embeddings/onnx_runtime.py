@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rag.config import models_dir
 from rag.embeddings import EmbedderSpec
 from rag.embeddings.models import TokenCounter
 from rag.embeddings.onnx_export import (
@@ -45,16 +46,13 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def _default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ragkit" / "models"
-
-
 class OnnxEmbedder:
     """A sentence-transformers model running on ONNX Runtime (CPU), fp32 or dynamic INT8.
 
-    The first use exports the model with torch into ``cache_dir``; later uses load the cached
-    graph without importing torch. Threads: ``RAG_ONNX_THREADS`` or the physical cores.
+    The first use exports the model with torch into ``cache_dir`` (default: the user's model
+    cache, :func:`rag.config.models_dir`); later uses load the cached graph without importing
+    torch. Threads: ``RAG_ONNX_THREADS`` or the physical cores. ``keep_intermediates`` keeps
+    the export's intermediate graphs (see :func:`~rag.embeddings.onnx_export.prepare_onnx`).
     """
 
     def __init__(
@@ -66,6 +64,7 @@ class OnnxEmbedder:
         cache_dir: Path | None = None,
         recipe: QuantRecipe | None = None,
         threads: int | None = None,
+        keep_intermediates: bool = False,
     ) -> None:
         if importlib.util.find_spec("onnxruntime") is None:
             raise MissingDependencyError("the onnx embedding backend", "onnxruntime", "onnx")
@@ -76,9 +75,12 @@ class OnnxEmbedder:
         self.dim = self.spec.dim
         self.batch_size = max(1, int(batch_size))
         self.recipe = (recipe or DEFAULT_INT8_RECIPE) if quantized else None
-        cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
         self.path = prepare_onnx(
-            self.spec, cache, quantized=quantized, recipe=self.recipe or DEFAULT_INT8_RECIPE
+            self.spec,
+            Path(cache_dir) if cache_dir is not None else models_dir(),
+            quantized=quantized,
+            recipe=self.recipe or DEFAULT_INT8_RECIPE,
+            keep_intermediates=keep_intermediates,
         )
         if threads is None:
             env = os.environ.get("RAG_ONNX_THREADS", "").strip()
