@@ -159,8 +159,8 @@ def test_errors_are_one_line_with_exit_codes(hashing_env: dict, tmp_path: Path) 
     assert bad_filter.returncode == 2 and "unknown operator" in bad_filter.stderr  # usage
 
     nowhere = rag(hashing_env, "ingest", str(tmp_path / "does-not-exist"), "--json", check=False)
-    assert nowhere.returncode == 3
-    assert json.loads(nowhere.stdout)["failed"][0]["reason"] == "no such file or directory"
+    assert nowhere.returncode == 2 and nowhere.stdout == ""
+    assert nowhere.stderr.strip().endswith("does-not-exist: no such file or directory")
 
 
 def test_stores_lists_every_backend(hashing_env: dict) -> None:

@@ -291,12 +291,17 @@ def test_settings_options_map_to_fields_and_arrive() -> None:
         assert getattr(s, field) == expected, dest
 
 
-def test_an_option_before_the_command_that_it_does_not_take_is_refused() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "apps.cli", "--collection", "x", "collections"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def test_options_before_the_command_are_the_commands_own(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*RAG, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
+
+    # One the command does not take is refused, as after its name.
+    out = run("--collection", "x", "collections")
     assert out.returncode == 2
-    assert "--collection does not apply to `rag collections`" in out.stderr
+    assert "rag collections: error: unrecognized arguments: --collection x" in out.stderr
+    # Any option of the command may come first (it used to be only the collection options).
+    out = run("--k", "3", "--json", "--data-dir", str(tmp_path / "d"), "search", "x")
+    assert out.returncode == 1 and "collection 'default' does not exist" in out.stderr
+    assert run("--data-dir", str(tmp_path / "d"), "collections", "--json").returncode == 0

@@ -14,14 +14,7 @@ import warnings
 from collections.abc import Sequence
 
 from rag import plugins
-from rag.commands import (
-    EXIT_ERROR,
-    EXIT_USAGE,
-    Command,
-    add_collection_options,
-    add_global_options,
-    printable,
-)
+from rag.commands import EXIT_ERROR, EXIT_USAGE, Command, add_global_options, printable
 from rag.errors import (
     ConfigError,
     FilterError,
@@ -31,19 +24,16 @@ from rag.errors import (
     RagError,
 )
 
-_TOP_LEVEL = ("data_dir", "collection", "store", "store_url", "store_opt", "json")
-
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The ``rag`` parser and each command's subparser, from the registry."""
     parser = argparse.ArgumentParser(
         prog="rag",
         description="Ingest documents, search them and ask questions about them, offline.",
+        epilog="A command's options may come before or after its name "
+        "(`rag --data-dir D search ...`); `rag COMMAND --help` lists them.",
     )
     add_global_options(parser)
-    # Collection options may also come before the command (`rag --data-dir X ingest ...`);
-    # main() refuses them for a command that does not take them.
-    add_collection_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     subparsers: dict[str, argparse.ArgumentParser] = {}
     registry = plugins.registry()
@@ -76,17 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RagError as e:
         print(f"rag: error: {printable(str(e))}", file=sys.stderr)
         return EXIT_ERROR
+    argv = command_first(list(sys.argv[1:] if argv is None else argv), subparsers)
     args, extra = parser.parse_known_args(argv)
     command: Command = args._command
     if command.passthrough:
         args.argv = [*extra, *args.argv]
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    refused = _refused_options(args, subparsers[args.command])
-    if refused:
-        subparsers[args.command].error(
-            f"{', '.join(refused)} does not apply to `rag {args.command}`"
-        )
+        subparsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     debug = getattr(args, "debug", False)
     if not debug:
         warnings.filterwarnings("ignore")
@@ -125,25 +111,46 @@ def exit_status(error: RagError) -> int:
     return EXIT_USAGE if isinstance(error, ConfigError | FilterError) else EXIT_ERROR
 
 
-def _refused_options(args: argparse.Namespace, sub: argparse.ArgumentParser) -> list[str]:
-    """Options given before the command name that the command does not take."""
-    accepted = set() if args._command.passthrough else _dests(sub)
-    return [
-        "--" + dest.replace("_", "-")
-        for dest in _TOP_LEVEL
-        if hasattr(args, dest) and dest not in accepted
-    ]
+def command_first(argv: list[str], subparsers: dict[str, argparse.ArgumentParser]) -> list[str]:
+    """``argv`` with the options given before the command name moved after it, so that
+    ``rag --k 3 search x`` reads as ``rag search --k 3 x``; the command then accepts or
+    refuses each option as its own. ``--help`` and ``--debug`` stay where they are."""
+    takes_value: dict[str, bool] = {}
+    for sub in subparsers.values():
+        _options(sub, takes_value)
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
+        name = argv[i].split("=", 1)[0]
+        i += 2 if takes_value.get(name) and "=" not in argv[i] else 1
+    if i >= len(argv) or argv[i] not in subparsers:
+        return argv
+    before = argv[:i]
+    keep = [a for a in before if a in ("-h", "--help", "--debug")]
+    moved = [a for a in before if a not in ("-h", "--help", "--debug")]
+    # Past nested command names too (`rag --data-dir D eval retrieval ...`): the options
+    # belong to the innermost command.
+    names, j, parser = [argv[i]], i + 1, subparsers[argv[i]]
+    while j < len(argv) and (inner := _subcommands(parser)) and argv[j] in inner:
+        names.append(argv[j])
+        parser = inner[argv[j]]
+        j += 1
+    return [*keep, *names, *moved, *argv[j:]]
 
 
-def _dests(parser: argparse.ArgumentParser) -> set[str]:
-    """Every destination ``parser`` and its nested subparsers define."""
-    out: set[str] = set()
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     for action in parser._actions:
-        out.add(action.dest)
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _options(parser: argparse.ArgumentParser, out: dict[str, bool]) -> None:
+    for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
-                out |= _dests(child)
-    return out
+                _options(child, out)
+        for option in action.option_strings:
+            out[option] = action.nargs != 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -17,6 +18,41 @@ from rag.commands import (
     settings_from_args,
     wants_json,
 )
+from rag.errors import ConfigError
+
+
+def parse_where(text: str | None) -> Any:
+    """``--where`` parsed, reported before anything is opened when malformed, with the paths
+    this command prints accepted as they are shown: a ``source`` compared with a relative
+    path (``data/guide.md``, as search results show it) also matches the absolute path the
+    collection records."""
+    from rag.filters import And, Comparison, Not, Or, parse
+
+    def shown(flt: Any) -> Any:
+        if isinstance(flt, And | Or):
+            return type(flt)(tuple(shown(f) for f in flt.items))
+        if isinstance(flt, Not):
+            return Not(shown(flt.item))
+        if flt.field != "source" or flt.op not in ("$eq", "$ne", "$in", "$nin"):
+            return flt
+        values = flt.value if isinstance(flt.value, tuple) else (flt.value,)
+        extra = tuple(
+            os.path.abspath(v)
+            for v in values
+            if isinstance(v, str) and v and not os.path.isabs(v) and "://" not in v
+        )
+        if not extra:
+            return flt
+        op = {"$eq": "$in", "$ne": "$nin"}.get(flt.op, flt.op)
+        return Comparison("source", op, values + extra)
+
+    flt = parse(text)
+    return None if flt is None else shown(flt)
+
+
+def _not_empty(text: str, what: str) -> None:
+    if not text.strip():
+        raise ConfigError(f"the {what} is empty: say what to look for")
 
 
 def _where(meta: dict) -> str:
@@ -39,9 +75,9 @@ def _configure_search(p: argparse.ArgumentParser) -> None:
 
 def _run_search(args: argparse.Namespace) -> int:
     from rag.collection import open_collection
-    from rag.filters import parse
 
-    where = parse(args.where)  # a malformed filter is reported before anything is opened
+    where = parse_where(args.where)
+    _not_empty(args.query, "query")
     with open_collection(settings_from_args(args)) as col:
         hits = col.search(args.query, where=where, mmr=args.mmr)
     if wants_json(args):
@@ -73,10 +109,10 @@ def _configure_ask(p: argparse.ArgumentParser) -> None:
 
 def _run_ask(args: argparse.Namespace) -> int:
     from rag.collection import open_collection
-    from rag.filters import parse
 
     as_json = wants_json(args)
-    where = parse(args.where)
+    where = parse_where(args.where)
+    _not_empty(args.question, "question")
     with open_collection(settings_from_args(args)) as col:
         stream = None if as_json else _stdout_token
         result = col.ask(args.question, where=where, mmr=args.mmr, on_token=stream)
@@ -132,11 +168,10 @@ def _configure_chat(p: argparse.ArgumentParser) -> None:
 
 def _run_chat(args: argparse.Namespace) -> int:
     from rag.collection import open_collection
-    from rag.filters import parse
     from rag.generation import load_generator
 
     settings = settings_from_args(args)
-    where = parse(args.where)
+    where = parse_where(args.where)
     history: list[tuple[str, str]] = []
     with open_collection(settings) as col:
         gen = load_generator(settings, embed=col.embedder.embed)

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from rag.config import openai_endpoint
-from rag.errors import GenerationError
+from rag.errors import ConfigError, GenerationError
 from rag.generation.context import GeneratorContext, unused
 from rag.generation.prompt import Message, build_messages, clean_rewrite, rewrite_messages
 from rag.types import Hit
@@ -271,6 +271,12 @@ def create(ctx: GeneratorContext) -> OpenAIGenerator:
     s = ctx.settings
     unused(ctx, "openai", local_model="--local-model / RAG_LOCAL_MODEL")
     env_url, api_key = openai_endpoint()
+    if not (ctx.base_url or env_url or api_key):
+        raise ConfigError(
+            "the openai generator has no endpoint: set OPENAI_BASE_URL to an "
+            "OpenAI-compatible server (a local one works offline), or OPENAI_API_KEY for "
+            "OpenAI's own API"
+        )
     return OpenAIGenerator(
         s.llm_model,
         base_url=ctx.base_url or env_url,
