@@ -7,7 +7,14 @@ computed with FAISS, cached as ``.npy``), then runs the job in a worker process 
 and measures recall@10, serial latency over a sweep of the search parameter, filtered search
 and throughput. Results go to ``OUT/results.jsonl``, one line per job, appended and
 flushed as each job ends; ``OUT/report.md`` and the PNG plots are rewritten at the end
-(``eval/bench_report.py``).
+(``eval/bench_report.py``). ``--json`` prints one JSON object summarising the run on stdout.
+
+Where things go
+    Nothing is written inside the package. ``OUT`` is ``--out``, by default
+    ``<data dir>/bench/runs/latest``; the dataset cache is ``--cache-dir``, by default
+    ``<data dir>/bench/cache``; the data directory is ``--data-dir``, else ``RAG_DATA_DIR``,
+    else ``.rag`` (as for every ``rag`` command). Workers run in their job's folder under
+    ``OUT/work``.
 
 Budgets, resume and skips
     Each job has a wall-clock budget: ``--budget-minutes`` at the largest N of the run,
@@ -24,8 +31,10 @@ Budgets, resume and skips
     ones), so a killed run resumes where it stopped.
 
 Advice
-    ``--advise --n N --dim D --recall R`` reads the JSONL of ``--out`` and recommends a
-    configuration (``eval/bench_advise.py``); nothing is run.
+    ``--advise --n N --dim D --recall R`` reads measurements (``--results FILE``, else
+    ``OUT/results.jsonl``) and recommends a configuration (``eval/bench_advise.py``); nothing
+    is run. The sweep of ``docs/bench/report.md`` ships as ``eval/results/bench-sweep.jsonl``.
+    No measurements, or a target past them, exit 1 with where it looked; usage mistakes 2.
 """
 
 from __future__ import annotations
@@ -48,15 +57,21 @@ from pathlib import Path
 from typing import Any
 
 from eval import bench_data
+from eval.bench_advise import DEFAULT_MAX_FACTOR
 from eval.bench_metrics import fmt_n
 from eval.bench_stores import SPECS, StoreSpec, select
-from rag.errors import ConfigError, RagError
+from rag.errors import ConfigError, MissingDependencyError, PluginConflictError, RagError
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "eval" / "runs" / "latest"
-DEFAULT_CACHE = ROOT / "eval" / "cache" / "bench"
+#: Under the data directory (``--data-dir``, ``RAG_DATA_DIR``, ``.rag``).
+BENCH_DIR = Path("bench")
+DEFAULT_OUT = BENCH_DIR / "runs" / "latest"
+DEFAULT_CACHE = BENCH_DIR / "cache"
 DEFAULT_SCIFACT = ROOT.parent / "shared" / "datasets" / "scifact"
 RESULTS = "results.jsonl"
+#: The sweep of docs/bench/report.md, summarised (``eval/bench_summary.py``).
+SHIPPED_SWEEP = Path(__file__).resolve().parent / "results" / "bench-sweep.jsonl"
+EXIT_OK, EXIT_NOTHING, EXIT_USAGE = 0, 1, 2
 MIN_BUDGET_S = 300.0  # the search phases alone can take minutes
 PREDICT_TIME_EXPONENT = 1.15
 PREDICT_MARGIN = 1.5
@@ -91,6 +106,30 @@ def parse_size(text: str) -> int:
 
 def parse_sizes(text: str) -> list[int]:
     return sorted({parse_size(p) for p in text.split(",") if p.strip()})
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    """``--data-dir``, else ``RAG_DATA_DIR``, else ``.rag``, checked as ``Settings`` checks it."""
+    from rag.config import Settings
+
+    given = args.data_dir if args.data_dir is not None else os.environ.get("RAG_DATA_DIR", ".rag")
+    return Settings(data_dir=given).data_dir
+
+
+def resolve_paths(args: argparse.Namespace) -> None:
+    """Fill in ``--out`` and ``--cache-dir`` under the data directory when not given."""
+    base = data_dir(args)
+    if args.out is None:
+        args.out = str(base / DEFAULT_OUT)
+    if args.cache_dir is None:
+        args.cache_dir = str(base / DEFAULT_CACHE)
 
 
 def job_budget(n: int, n_max: int, minutes: float) -> float:
@@ -209,7 +248,7 @@ class Runner:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.out = Path(args.out).resolve()  # workers run in the repository root
+        self.out = Path(args.out).resolve()  # workers run in their job folder
         args.cache_dir = str(Path(args.cache_dir).resolve())
         self.results = self.out / RESULTS
         self.work = self.out / "work"
@@ -251,7 +290,7 @@ class Runner:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=str(ROOT),
+            cwd=str(jobdir),  # whatever an engine writes to its working folder stays here
             start_new_session=True,
         )
         reason = None
@@ -529,6 +568,16 @@ def host_info() -> dict[str, Any]:
 # --- the command line --------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show or the help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     import psutil
 
@@ -536,12 +585,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rag bench",
         description="Benchmark the vector stores: load, build, recall, latency, throughput, "
-        "filtered search and memory, over sizes and search parameters.",
+        "filtered search and memory, over sizes and search parameters. Results and caches go "
+        "under the data directory (or --out and --cache-dir), never into the package.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="the data directory (default RAG_DATA_DIR, else .rag)",
     )
     p.add_argument(
         "--out",
-        default=str(DEFAULT_OUT),
-        help="results folder (JSONL, plots, report.md); a rerun resumes",
+        default=None,
+        help=f"results folder (JSONL, plots, report.md); a rerun resumes "
+        f"(default <data dir>/{DEFAULT_OUT.as_posix()})",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="dataset cache: vectors, queries, ground truth "
+        f"(default <data dir>/{DEFAULT_CACHE.as_posix()})",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object on stdout: where the results went and, per dataset, size "
+        "and configuration, the headline figures (with --advise: the advice)",
     )
     p.add_argument("--sizes", default="10k,100k", help="comma-separated N (10k, 1.5m, 250000)")
     p.add_argument("--dim", type=int, default=384, help="synthetic vector dimension")
@@ -575,18 +644,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--mem-limit-gb",
         type=float,
         default=round(0.7 * mem_gb, 1),
-        help="kill a job whose memory passes this (default 70%% of RAM)",
+        help=f"kill a job whose memory passes this (default 70%% of RAM: {0.7 * mem_gb:.1f})",
     )
     p.add_argument(
         "--seed",
         type=int,
         default=bench_data.DEFAULT_SEED,
         help="seed of the synthetic data and of the query sample",
-    )
-    p.add_argument(
-        "--cache-dir",
-        default=str(DEFAULT_CACHE),
-        help="dataset cache (vectors, queries, ground truth)",
     )
     p.add_argument(
         "--scifact-dir",
@@ -615,18 +679,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="small run: 10k and 20k, five configurations, 200 queries, 60 s budgets (under 2 minutes on an idle 2-core machine)",
+        help="small run: 10k and 20k, five configurations, 200 queries, 60 s budgets (under "
+        "2 minutes on an idle 2-core machine); options given as well take precedence",
     )
     p.add_argument(
         "--report-only", action="store_true", help="rewrite the report and plots from OUT's JSONL"
     )
-    p.add_argument(
+    a = p.add_argument_group("advice (--advise: nothing is run)")
+    a.add_argument(
         "--advise",
         action="store_true",
-        help="recommend a store for --n/--dim/--recall from OUT's results",
+        help="recommend a configuration for --n/--dim/--recall from measured results",
     )
-    p.add_argument("--n", type=parse_size, default=None, help="--advise: the collection size")
-    p.add_argument("--recall", type=float, default=0.95, help="--advise: the recall@10 target")
+    a.add_argument("--n", type=_size_arg, default=None, help="the collection size (required)")
+    a.add_argument("--recall", type=float, default=0.95, help="the recall@10 target")
+    a.add_argument(
+        "--results",
+        default=None,
+        help="the measurements: a results.jsonl or a folder holding one (default OUT's; "
+        f"the committed sweep is {SHIPPED_SWEEP})",
+    )
+    a.add_argument(
+        "--max-extrapolation",
+        type=float,
+        default=DEFAULT_MAX_FACTOR,
+        help="predict up to this many times the largest N measured; 1 means no further",
+    )
     return p
 
 
@@ -658,39 +736,143 @@ def _interruptible() -> Any:
             signal.signal(sig, handler)
 
 
+def advice_source(args: argparse.Namespace) -> Path:
+    """The results file ``--advise`` reads: ``--results`` (a file, or a folder holding
+    ``results.jsonl``), else ``OUT/results.jsonl``."""
+    path = Path(args.results) if args.results is not None else Path(args.out)
+    return path / RESULTS if path.is_dir() or args.results is None else path
+
+
+def run_advice(args: argparse.Namespace) -> int:
+    from eval.bench_advise import NoAdvice, advise_data, render
+
+    if args.n is None:
+        raise ConfigError("--advise needs --n (and --dim, --recall)")
+    source = advice_source(args)
+    records = load_records(source)
+    try:
+        if not records:
+            where = "does not exist" if not source.exists() else "holds no measurement"
+            raise NoAdvice(f"nothing to advise from: {source.absolute()} {where}")
+        data = advise_data(
+            records,
+            n=args.n,
+            dim=args.dim,
+            recall=args.recall,
+            max_factor=args.max_extrapolation,
+            source=str(source),
+        )
+    except NoAdvice as e:
+        hint = (
+            "run the benchmark first (rag bench writes there; after rag bench --out DIR, "
+            f"advise with --results DIR), or advise from the measured sweep that ships with "
+            f"ragkit: --results {SHIPPED_SWEEP}"
+        )
+        text = f"{e}; {hint}" if "nothing to advise" in str(e) else str(e)
+        print(f"error: {text}", file=sys.stderr)
+        return EXIT_NOTHING
+    print(json.dumps(data, indent=2) if args.json else render(data))
+    return EXIT_OK
+
+
+def run_summary(
+    out: Path, records: list[dict[str, Any]], *, report: Path, cache: str | None, ran: int
+) -> dict[str, Any]:
+    """What ``--json`` prints: where everything went, and per dataset, size and configuration
+    the headline figures at the default search parameter."""
+    jobs = []
+    for r in sorted(
+        records, key=lambda r: (r.get("dataset", ""), r.get("n", 0), r.get("config", ""))
+    ):
+        row: dict[str, Any] = {
+            "dataset": r.get("dataset"),
+            "n": r.get("n"),
+            "config": r.get("config"),
+            "status": r.get("status"),
+        }
+        if r.get("status") == "ok":
+            tp = r.get("throughput") or {}
+            best = max(tp.values(), key=lambda t: t.get("qps") or 0, default={})
+            row.update(
+                param=(r.get("sweep") or [{}])[0].get("param"),
+                value=r.get("default"),
+                recall=r.get("recall"),
+                p50_ms=r.get("p50_ms"),
+                p99_ms=r.get("p99_ms"),
+                qps_serial=r.get("qps_serial"),
+                qps_max=best.get("qps"),
+                index_s=r.get("index_total_s"),
+                peak_mb=round(
+                    float(r.get("peak_rss_max_mb") or 0) + float(r.get("server_peak_max_mb") or 0),
+                    1,
+                ),
+                disk_mb=r.get("disk_mb"),
+                filtered_recall={k: v.get("recall") for k, v in (r.get("filtered") or {}).items()},
+            )
+        else:
+            row["reason"] = r.get("reason")
+        jobs.append(row)
+    return {
+        "out": str(out),
+        "results": str(out / RESULTS),
+        "report": str(report),
+        "plots": sorted(str(p) for p in out.glob("*.png")),
+        "cache": cache,
+        "jobs_run": ran,
+        "jobs": jobs,
+    }
+
+
+def exit_status(error: RagError) -> int:
+    """As ``rag`` decides it: 2 for a mistake in what was asked, 1 for the installation, a
+    store or the files."""
+    if isinstance(error, MissingDependencyError | PluginConflictError):
+        return EXIT_NOTHING
+    return EXIT_USAGE if isinstance(error, ConfigError) else EXIT_NOTHING
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """``rag bench``: 0 when done, 1 when there is nothing to advise from or report on, 2 for
+    a usage mistake, 130 when interrupted."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.command_line = "python -m eval.bench " + shlex.join(argv)
     try:
+        resolve_paths(args)
         if args.advise:
-            from eval.bench_advise import advise
-
-            if args.n is None:
-                raise ConfigError("--advise needs --n (and --dim, --recall)")
-            print(
-                advise(
-                    load_records(Path(args.out) / RESULTS),
-                    n=args.n,
-                    dim=args.dim,
-                    recall=args.recall,
-                )
-            )
-            return 0
+            return run_advice(args)
         from eval.bench_report import write_report
 
-        if not args.report_only:
+        out = Path(args.out)
+        before = len(load_records(out / RESULTS))
+        if args.report_only:
+            if not (out / RESULTS).exists():
+                print(
+                    f"error: nothing to report on: {out / RESULTS} does not exist", file=sys.stderr
+                )
+                return EXIT_NOTHING
+        else:
             if args.quick:
                 apply_quick(args, argv)
             with _interruptible():
                 Runner(args).run()
-        records = load_records(Path(args.out) / RESULTS)
-        path = write_report(Path(args.out), records, command=args.command_line)
-        print(f"report: {path}")
-        return 0
+        records = load_records(out / RESULTS)
+        path = write_report(out, records, command=args.command_line)
+        if args.json:
+            summary = run_summary(
+                out.resolve(),
+                records,
+                report=path.resolve(),
+                cache=None if args.report_only else str(Path(args.cache_dir).resolve()),
+                ran=len(records) - before,
+            )
+            print(json.dumps(summary, indent=2))
+        else:
+            print(f"report: {path}")
+        return EXIT_OK
     except RagError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_status(e)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

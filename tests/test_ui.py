@@ -531,6 +531,28 @@ def test_insight_shows_eval_results_and_bench_reports(
     assert "Recall" in [c for img in at.image for c in img.captions]
 
 
+def test_insight_finds_the_bench_report_in_the_data_dir(
+    ingested: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # Where `rag bench` writes by default, however far from the working directory.
+    run = ingested / "bench" / "runs" / "latest"
+    run.mkdir(parents=True)
+    png = Path(st.__file__).parent / "static" / "favicon.png"
+    if not png.exists():
+        pytest.skip("no PNG to stand in for a plot")
+    (run / "plot.png").write_bytes(png.read_bytes())
+    (run / "report.md").write_text("# Bench in the data dir\n\n![Latency](plot.png)\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+
+    at = app()
+    at.switch_page("insight.py").run()
+    no_exceptions(at)
+    assert at.selectbox(key="bench_report").value == (run / "report.md").resolve()
+    assert "### Bench in the data dir" in texts(at.markdown)
+    assert "Latency" in [c for img in at.image for c in img.captions]
+
+
 # --- the upload rules, directly ---------------------------------------------------------------
 
 

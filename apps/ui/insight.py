@@ -1,9 +1,11 @@
 """The insight page: how fast this conversation's answers came, and the latest results of
 ``rag eval`` and ``rag bench`` with their plots, when they exist.
 
-Results are looked for in the working directory and in the repository the app runs from:
-``<data dir>/eval-results/*.json`` and ``eval/results/*.json`` (``rag eval retrieval``), ``eval/runs/*/report.md`` with its PNGs
-(``rag bench``), ``docs/benchmarks.md`` and other PNGs under ``docs/``.
+Results are looked for in the data directory, where ``rag eval`` and ``rag bench`` write
+by default (``<data dir>/eval-results/*.json``, ``<data dir>/bench/runs/*/report.md``), and
+in the working directory and the repository the app runs from (``eval/results/*.json``,
+``eval/runs/*/report.md`` with its PNGs, ``docs/benchmarks.md`` and other PNGs under
+``docs/``).
 
 Run as a page by ``apps/ui/app.py`` (``st.navigation``); the helpers are importable.
 """
@@ -58,8 +60,11 @@ def retrieval_results() -> list[tuple[Path, dict[str, Any]]]:
 def bench_reports() -> list[Path]:
     """Benchmark reports, newest first."""
     found: set[Path] = set()
+    # Where `rag bench` writes by default: the data directory's bench/runs folder.
+    runs = [state.base_settings().data_dir / "bench" / "runs"]
+    for folder in runs + [r / "eval" / "runs" for r in roots()]:
+        found |= {p.resolve() for p in folder.glob("*/report.md")}
     for r in roots():
-        found |= {p.resolve() for p in (r / "eval" / "runs").glob("*/report.md")}
         doc = r / "docs" / "benchmarks.md"
         if doc.is_file():
             found.add(doc.resolve())
@@ -77,7 +82,8 @@ def loose_plots(shown: set[Path]) -> list[Path]:
 
 
 def _inside(path: Path) -> bool:
-    return any(path.is_relative_to(r) for r in roots())
+    data = state.base_settings().data_dir.resolve()
+    return path.is_relative_to(data) or any(path.is_relative_to(r) for r in roots())
 
 
 def render_markdown_with_images(report: Path) -> set[Path]:
@@ -115,6 +121,9 @@ def _ago(path: Path) -> str:
 
 
 def _rel(path: Path) -> str:
+    data = state.base_settings().data_dir.resolve()
+    if path.is_relative_to(data):
+        return f"<data dir>/{path.relative_to(data)}"
     for r in roots():
         if path.is_relative_to(r):
             return str(path.relative_to(r))
@@ -190,7 +199,8 @@ def show_bench(reports: list[Path]) -> set[Path]:
     st.header("Vector-store benchmark (`rag bench`)")
     if not reports:
         st.caption(
-            "No report yet. Run `rag bench` to write `eval/runs/latest/report.md` and plots."
+            "No report yet. Run `rag bench` to write `<data dir>/bench/runs/latest/report.md` "
+            "and plots."
         )
         return set()
     pick = st.selectbox(
