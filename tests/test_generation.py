@@ -266,7 +266,7 @@ def test_answer_collects_pieces_citations_and_timings(sources: list[Hit]) -> Non
     tokens: list[str] = []
     history = [("hi", "hello")]
     result = answer(gen, "Where?", sources, history=history, on_token=tokens.append)
-    assert tokens == gen.pieces
+    assert tokens == gen.pieces  # streamed as they came: nothing repeats
     assert result.text == "It is .rag [2] and FAISS [1]."
     assert result.citations == [2, 1]
     assert result.cited == [sources[1], sources[0]]
@@ -274,6 +274,31 @@ def test_answer_collects_pieces_citations_and_timings(sources: list[Hit]) -> Non
     assert set(result.timings) == {"generate", "first_token"}
     assert 0 <= result.timings["first_token"] <= result.timings["generate"]
     assert gen.seen == [("Where?", 3, (("hi", "hello"),))]
+
+
+def test_no_answer_says_a_sentence_twice(sources: list[Hit]) -> None:
+    # As SmolLM2-135M did on the sample corpus: the same sentence again, with another
+    # citation or case, and a header line three times.
+    gen = _Scripted(
+        [
+            "The answer to this question is:\n",
+            "The answer to this question is:\n",
+            "FAISS is the def",
+            "ault store [1]. It is exact [2]. faiss is the default store [2]. ",
+            "The answer to this question is:\nIt is exact.",
+        ]
+    )
+    tokens: list[str] = []
+    result = answer(gen, "Which store?", sources, on_token=tokens.append)
+    assert (
+        result.text
+        == "The answer to this question is:\nFAISS is the default store [1]. It is exact [2]."
+    )
+    assert "".join(tokens).strip() == result.text
+    assert result.citations == [1, 2]
+    # Nothing is lost when nothing repeats.
+    plain = _Scripted(["One. ", "Two?\n", "Three [1]"])
+    assert answer(plain, "q", sources).text == "One. Two?\nThree [1]"
 
 
 # -- extractive -----------------------------------------------------------------------------
@@ -620,6 +645,23 @@ def test_the_cli_says_how_many_passages_were_left_out(
     out = capsys.readouterr().out
     assert " *[1] " in out and "stores.md" in out and "[2]" not in out
     assert "2 more passages were retrieved but left out" in out
+
+
+def test_the_cli_prints_an_attributed_answer_once(
+    sources: list[Hit], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from apps.cli.query import _print_sources
+    from rag.types import Answer
+
+    text = "The default store is FAISS, an exact index."
+    result = Answer(
+        text=text + " [1]", sources=sources, model="m", generator="local", citations=[1],
+        attributed=True,
+    )  # fmt: skip
+    _print_sources(result)  # after the answer was streamed
+    out = capsys.readouterr().out
+    assert "ragkit matched its sentences to [1]." in out
+    assert "default store is FAISS" not in out  # not the whole answer a second time
 
 
 @pytest.mark.slow

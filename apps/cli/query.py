@@ -138,10 +138,10 @@ def _stdout_token(token: str) -> None:
 
 def _print_sources(result: Any) -> None:
     if result.attributed:
-        print(
-            "\n(The model cited no passage; ragkit matched the answer to them: "
-            f"{printable(result.text)})"
-        )
+        # The answer was streamed as the model wrote it: say which passages ragkit matched
+        # it to, rather than print it a second time.
+        marks = ", ".join(f"[{n}]" for n in result.citations)
+        print(f"\n(The model cited no passage; ragkit matched its sentences to {marks}.)")
     if result.sources:
         print("\nSources:")
         for n, h in enumerate(result.sources, 1):

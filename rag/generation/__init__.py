@@ -23,6 +23,7 @@ from rag.config import Settings, openai_endpoint
 from rag.errors import GenerationError
 from rag.generation.context import GeneratorContext
 from rag.generation.prompt import NO_SOURCES, build_messages, parse_citations, source_label
+from rag.generation.repeats import drop_repeats
 from rag.types import Answer, Hit
 
 if TYPE_CHECKING:
@@ -118,7 +119,8 @@ def answer(
     pieces: list[str] = []
     start = time.perf_counter()
     first_token: float | None = None
-    for piece in generator.stream(question, sources, history=history):
+    # No generator says a sentence twice (small models loop): see rag.generation.repeats.
+    for piece in drop_repeats(generator.stream(question, sources, history=history)):
         if first_token is None:
             first_token = time.perf_counter() - start
         pieces.append(piece)
