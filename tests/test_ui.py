@@ -490,6 +490,15 @@ def test_folder_ingest_reports_failures_and_a_missing_folder(ui: Path, tmp_path:
 # --- insight ----------------------------------------------------------------------------------
 
 
+def _stand_in_plot(dest: Path) -> None:
+    """A PNG (Streamlit's icon) where a report expects a plot."""
+    png = Path(st.__file__).parent / "static" / "favicon.png"
+    if not png.exists():
+        pytest.skip("no PNG to stand in for a plot")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(png.read_bytes())
+
+
 def test_insight_shows_eval_results_and_bench_reports(
     ingested: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -508,11 +517,7 @@ def test_insight_shows_eval_results_and_bench_reports(
         json.dumps(result)
     )
     run = work / "eval" / "runs" / "r1"
-    run.mkdir(parents=True)
-    png = Path(st.__file__).parent / "static" / "favicon.png"
-    if not png.exists():
-        pytest.skip("no PNG to stand in for a plot")
-    (run / "plot.png").write_bytes(png.read_bytes())
+    _stand_in_plot(run / "plot.png")
     (run / "report.md").write_text("# Vector-store benchmark\n\nA table.\n\n![Recall](plot.png)\n")
     monkeypatch.chdir(work)
 
@@ -536,11 +541,7 @@ def test_insight_finds_the_bench_report_in_the_data_dir(
 ):
     # Where `rag bench` writes by default, however far from the working directory.
     run = ingested / "bench" / "runs" / "latest"
-    run.mkdir(parents=True)
-    png = Path(st.__file__).parent / "static" / "favicon.png"
-    if not png.exists():
-        pytest.skip("no PNG to stand in for a plot")
-    (run / "plot.png").write_bytes(png.read_bytes())
+    _stand_in_plot(run / "plot.png")
     (run / "report.md").write_text("# Bench in the data dir\n\n![Latency](plot.png)\n")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
