@@ -99,6 +99,15 @@ class Answer:
     query: str = ""
     #: Retrieved passages left out of the prompt (they did not fit the model's context).
     left_out: int = 0
+    #: How the answer relates to its passages: "grounded" (every sentence supported),
+    #: "fell back" (the model's answer was replaced by an extractive one), "abstained"
+    #: (the passages do not answer the question), or "" (not checked).
+    grounding: str = ""
+    #: Sentences of the model's answer removed because no passage supports them.
+    removed: int = 0
+    #: The route a router chose (the generator's name in the routes file), and why.
+    route: str = ""
+    route_reason: str = ""
 
     @property
     def cited(self) -> list[Hit]:
@@ -112,6 +121,10 @@ class Answer:
             "citations": list(self.citations),
             "citations_by": "ragkit" if self.attributed else self.generator,
             "query": self.query,
+            "grounding": self.grounding,
+            "removed": self.removed,
+            "route": self.route,
+            "route_reason": self.route_reason,
             "model": self.model,
             "generator": self.generator,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},

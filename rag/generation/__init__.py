@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from rag.config import Settings, openai_endpoint
 from rag.errors import GenerationError
 from rag.generation.context import GeneratorContext
-from rag.generation.prompt import NO_SOURCES, build_messages, parse_citations, source_label
+from rag.generation.prompt import (
+    ABSTAIN,
+    NO_SOURCES,
+    build_messages,
+    parse_citations,
+    source_label,
+)
 from rag.generation.repeats import drop_repeats
 from rag.types import Answer, Hit
 
@@ -30,6 +36,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
+    "ABSTAIN",
     "NO_SOURCES",
     "Generator",
     "GeneratorContext",
@@ -91,9 +98,18 @@ def answer(
     take; the answer's ``sources`` are exactly those, and ``left_out`` counts the rest.
     Without any passage no generator is called: the answer is :data:`NO_SOURCES`.
 
-    When a model's answer cites no passage and ``embed`` is given, ragkit matches the
-    answer's sentences to the passages (:mod:`rag.generation.attribution`) and marks the
-    answer ``attributed``.
+    A generator with ``grounded = True`` (the extractive one, the local one with an
+    embedder) is checked when ``embed`` is given (:mod:`rag.generation.grounding`): when
+    the passages do not answer the question, no generator runs and the answer is
+    :data:`ABSTAIN` (``grounding="abstained"``; the passages stay in ``sources``); else
+    every sentence of the answer must be supported by a passage it cites, unsupported ones
+    are removed (``removed``) and repeated ones dropped, and when none is left the answer
+    is the passages' best sentences quoted (``grounding="fell back"``). ``on_token`` then
+    gets the checked answer in one piece, since what was streamed could be taken back.
+
+    When another model's answer cites no passage and ``embed`` is given, ragkit matches
+    the answer's sentences to the passages (:mod:`rag.generation.attribution`) and marks
+    the answer ``attributed``. No answer repeats a sentence.
 
     ``timings`` holds ``"generate"`` (seconds for the whole answer) and ``"first_token"``
     (seconds until the first piece; the whole time when there was none).
@@ -116,6 +132,8 @@ def answer(
             f"none of the {len(retrieved)} passages fits the {generator.name} model's context "
             "beside the question; ask a shorter question"
         )
+    if embed is not None and getattr(generator, "grounded", False):
+        return _grounded_answer(generator, question, sources, retrieved, history, on_token, embed)
     pieces: list[str] = []
     start = time.perf_counter()
     first_token: float | None = None
@@ -147,6 +165,63 @@ def answer(
         },
         attributed=attributed,
         left_out=len(retrieved) - len(sources),
+    )
+
+
+def _grounded_answer(
+    generator: Generator,
+    question: str,
+    sources: list[Hit],
+    retrieved: list[Hit],
+    history: History,
+    on_token: Callable[[str], None] | None,
+    embed: Callable[[Sequence[str]], np.ndarray],
+) -> Answer:
+    from rag.generation.grounding import (
+        answerable,
+        check_support,
+        extractive_text,
+        rank_sentences,
+    )
+
+    start = time.perf_counter()
+    ranked = rank_sentences(question, sources, embed)
+    removed = 0
+    first_token: float | None = None
+    if not answerable(question, sources, ranked):
+        text, grounding = ABSTAIN, "abstained"
+    else:
+        pieces: list[str] = []
+        for piece in drop_repeats(generator.stream(question, sources, history=history)):
+            if first_token is None:
+                first_token = time.perf_counter() - start
+            pieces.append(piece)
+        raw = "".join(pieces).strip()
+        if raw == ABSTAIN:
+            text, grounding = ABSTAIN, "abstained"
+        else:
+            support = check_support(raw, sources, embed)
+            removed = support.removed
+            if support.text:
+                text, grounding = support.text, "grounded"
+            else:
+                text, grounding = extractive_text(ranked), "fell back"
+    elapsed = time.perf_counter() - start
+    if on_token is not None:
+        on_token(text)
+    return Answer(
+        text=text,
+        sources=sources,
+        model=generator.model,
+        generator=generator.name,
+        citations=[] if grounding == "abstained" else parse_citations(text, len(sources)),
+        timings={
+            "generate": elapsed,
+            "first_token": elapsed if first_token is None else first_token,
+        },
+        left_out=len(retrieved) - len(sources),
+        grounding=grounding,
+        removed=removed,
     )
 
 

