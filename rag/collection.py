@@ -427,20 +427,39 @@ class Collection:
         generator: Generator | None = None,
         on_token: Callable[[str], None] | None = None,
     ) -> Answer:
-        """Retrieve passages for ``question`` and answer from them, citing them as [n]."""
-        from rag.generation import answer, load_generator
+        """Retrieve passages for ``question`` and answer from them, citing them as [n].
 
-        gen = generator or load_generator(self.settings, embed=self.embedder.embed)
+        Without a ``generator``, a routes file (:mod:`rag.routing`) chooses one from the
+        question and the passages, after retrieval and before anything is sent; it may
+        refuse (``RouteRefused``). A generator that is not local is not given ``history``
+        (earlier answers may quote private passages)."""
+        from rag.generation import answer, load_generator
+        from rag.routing import router_for
+
+        router = router_for(self) if generator is None else None
+        if router is not None:
+            gen = router.rewriter(self.settings, embed=self.embedder.embed, history=bool(history))
+        else:
+            gen = generator or load_generator(self.settings, embed=self.embedder.embed)
         t0 = time.perf_counter()
-        query = gen.rewrite_question(question, history) if history else question
+        from rag.generation.rewrite import standalone
+
+        query, _ = standalone(question, history, gen)
         t1 = time.perf_counter()
         hits = self.search(query, k=k, where=where, mode=mode, mmr=mmr)
         t2 = time.perf_counter()
+        route = None
+        if router is not None:
+            route = router.decide(question, hits)
+            gen = router.generator(route.name, self.settings, embed=self.embedder.embed)
+            history = history if route.local else ()
         result = answer(
             gen, question, hits, history=history, on_token=on_token, embed=self.embedder.embed
         )
         result.timings.update({"rewrite": t1 - t0, "retrieve": t2 - t1})
         result.query = query
+        if route is not None:
+            result.route, result.route_reason = route.name, route.reason
         return result
 
     @property

@@ -80,6 +80,7 @@ SETTINGS_OPTIONS: dict[str, str] = {
     "llm_model": "llm_model",
     "local_model": "local_model",
     "max_tokens": "max_tokens",
+    "routes": "routes",
     "chunk_size": "chunk_size",
     "chunk_overlap": "chunk_overlap",
     "embed_model": "embed_model",
@@ -202,7 +203,7 @@ def add_retrieval_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
-    """--generator, --llm-model, --local-model, --max-tokens."""
+    """--generator, --llm-model, --local-model, --max-tokens, --routes."""
     g = parser.add_argument_group("generation options")
     g.add_argument(
         "--generator",
@@ -219,6 +220,13 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
         "--local-model", default=None, help="a GGUF file for the local generator (RAG_LOCAL_MODEL)"
     )
     g.add_argument("--max-tokens", type=int, default=None, help="longest answer, in tokens")
+    g.add_argument(
+        "--routes",
+        metavar="FILE",
+        default=None,
+        help="choose the generator per question by the rules in this TOML file (RAG_ROUTES; "
+        "default: <data dir>/routes.toml when it exists; see docs/routing.md)",
+    )
 
 
 def add_embedding_options(parser: argparse.ArgumentParser) -> None:

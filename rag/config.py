@@ -7,7 +7,8 @@ Environment variables: ``RAG_DATA_DIR``, ``RAG_COLLECTION``, ``RAG_STORE``,
 ``RAG_STORE_URL``, ``RAG_PG_DSN`` (the pgvector store's server), ``RAG_EMBED_MODEL``,
 ``RAG_EMBED_BACKEND``, ``RAG_CHUNK_SIZE``, ``RAG_CHUNK_OVERLAP``, ``RAG_K``, ``RAG_MODE``,
 ``RAG_GENERATOR``, ``RAG_LLM_MODEL``, ``RAG_LOCAL_MODEL``, ``RAG_MAX_FILE_MB``,
-``RAG_LLM_THREADS``, ``RAG_MODELS_DIR`` (where exported ONNX models are cached; default
+``RAG_LLM_THREADS``, ``RAG_ROUTES`` (a generator routes file, :mod:`rag.routing`),
+``RAG_MODELS_DIR`` (where exported ONNX models are cached; default
 the user's cache folder, :func:`models_dir`); and the ``openai`` package's own
 ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``.
 """
@@ -130,6 +131,7 @@ _ENV: dict[str, str] = {
     "mmr_lambda": "RAG_MMR_LAMBDA",
     "rerank_model": "RAG_RERANK_MODEL",
     "llm_threads": "RAG_LLM_THREADS",
+    "routes": "RAG_ROUTES",
 }
 
 
@@ -175,6 +177,9 @@ class Settings:
     #: Longest answer in tokens; ``None``: 160 for the local model, 512 for an endpoint.
     max_tokens: int | None = None
     temperature: float = 0.0
+    #: A routes file choosing a generator per question (:mod:`rag.routing`); ``None``:
+    #: ``<data dir>/routes.toml`` when it exists, else no routing.
+    routes: Path | None = None
     #: Files larger than this are reported and skipped.
     max_file_mb: float = 50.0
 
@@ -184,6 +189,8 @@ class Settings:
                 "the data directory is empty; name a folder (--data-dir or RAG_DATA_DIR)"
             )
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
+        if self.routes is not None:
+            object.__setattr__(self, "routes", Path(self.routes).expanduser())
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise ConfigError(f"the data directory {self.data_dir} is a file, not a folder")
         check_collection_name(self.collection)

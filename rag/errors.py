@@ -93,3 +93,8 @@ class EmbeddingError(RagError):
 
 class GenerationError(RagError):
     """The answer generator could not be loaded or failed to answer."""
+
+
+class RouteRefused(RagError):
+    """The generator router refused to answer: private passages would have gone to a
+    generator that is not local (see :mod:`rag.routing`). Nothing was sent anywhere."""

@@ -274,6 +274,7 @@ def test_settings_options_map_to_fields_and_arrive() -> None:
         "llm_model": "m",
         "local_model": "/models/x.gguf",
         "max_tokens": 99,
+        "routes": "/tmp/routes.toml",
         "chunk_size": 100,
         "chunk_overlap": 10,
         "embed_model": "hashing-64",
@@ -286,7 +287,7 @@ def test_settings_options_map_to_fields_and_arrive() -> None:
         expected = values[dest]
         if dest == "store_opt":
             expected = {"a": "1"}
-        elif dest == "data_dir":
+        elif dest in ("data_dir", "routes"):
             expected = Path(expected)
         assert getattr(s, field) == expected, dest
 

@@ -119,6 +119,37 @@ def test_chat_answers_with_linked_citations_keeps_history_and_starts_over(ingest
     assert len(at.chat_message) == 0
 
 
+def test_answers_show_the_query_grounding_and_route(ingested: Path):
+    """Under each answer: the query searched, what the grounding check did, and with a
+    routes file in the data directory the route taken and why (the sidebar says that the
+    routes choose the generator, instead of offering a picker they would override)."""
+    (ingested / "routes.toml").write_text(
+        'default = "quotes"\n'
+        '[generators.quotes]\nkind = "extractive"\n'
+        '[generators.brief]\nkind = "extractive"\n'
+        "[[rules]]\nmax_words = 4\ngenerator = \"brief\"\n"
+    )
+    at = app()
+    no_exceptions(at)
+    assert "Generator" not in [s.label for s in at.sidebar.selectbox]
+    assert "routes.toml" in plain(texts(at.sidebar.caption))
+
+    at.chat_input[0].set_value(QUESTION).run()
+    no_exceptions(at)
+    (rec,) = answers(at)
+    assert rec["route"] == "quotes" and "default" in rec["route_reason"]
+    assert rec["grounding"] in ("grounded", "fell back")
+    captions = plain(texts(at.caption))
+    assert f"Searched for: “{QUESTION}”" in captions
+    assert "Route quotes" in captions.replace("*", "")
+    assert ("Grounded:" if rec["grounding"] == "grounded" else "Fell back:") in captions
+
+    at.chat_input[0].set_value("Default vector store?").run()
+    no_exceptions(at)
+    assert answers(at)[1]["route"] == "brief"
+    assert "max_words" in answers(at)[1]["route_reason"]
+
+
 def test_pickers_decide_mode_k_mmr_and_store(ingested: Path):
     at = app()
     at.sidebar.radio(key="mode").set_value("bm25")

@@ -137,11 +137,16 @@ def _stdout_token(token: str) -> None:
 
 
 def _print_sources(result: Any) -> None:
+    from rag.generation.grounding import describe
+
     if result.attributed:
         # The answer was streamed as the model wrote it: say which passages ragkit matched
         # it to, rather than print it a second time.
         marks = ", ".join(f"[{n}]" for n in result.citations)
         print(f"\n(The model cited no passage; ragkit matched its sentences to {marks}.)")
+    note = describe(result.grounding, result.removed)
+    if note and result.grounding != "grounded":
+        print(f"\n({note})")
     if result.sources:
         print("\nSources:")
         for n, h in enumerate(result.sources, 1):
@@ -150,9 +155,13 @@ def _print_sources(result: Any) -> None:
     if result.left_out:
         more = f"{result.left_out} more passage" + (" was" if result.left_out == 1 else "s were")
         print(f"   ({more} retrieved but left out: beyond the model's context)")
+    if result.route:
+        print(f"\nRoute: {printable(result.route)} ({printable(result.route_reason)})")
     t = result.timings
+    checked = f", {result.grounding}" if result.grounding == "grounded" else ""
     print(
-        f"\n— {result.generator}: {printable(result.model)} (retrieval {t.get('retrieve', 0):.2f} s, "
+        f"\n— {result.generator}: {printable(result.model)}{checked} "
+        f"(retrieval {t.get('retrieve', 0):.2f} s, "
         f"generation {t.get('generate', 0):.2f} s)"
     )
 
@@ -168,17 +177,19 @@ def _configure_chat(p: argparse.ArgumentParser) -> None:
 
 def _run_chat(args: argparse.Namespace) -> int:
     from rag.collection import open_collection
+    from rag.errors import RouteRefused
     from rag.generation import load_generator
+    from rag.routing import router_for
 
     settings = settings_from_args(args)
     where = parse_where(args.where)
     history: list[tuple[str, str]] = []
     with open_collection(settings) as col:
-        gen = load_generator(settings, embed=col.embedder.embed)
-        print(
-            f"Chatting with {col.name!r} ({gen.name}: {gen.model}). "
-            "/new starts over, /exit or Ctrl-D leaves."
-        )
+        # With a routes file each answer's generator is chosen per question (rag.routing).
+        router = router_for(col)
+        gen = None if router else load_generator(settings, embed=col.embedder.embed)
+        using = f"{gen.name}: {gen.model}" if gen else f"routed by {router.path.name}"
+        print(f"Chatting with {col.name!r} ({using}). /new starts over, /exit or Ctrl-D leaves.")
         while True:
             try:
                 question = input("\nyou> ").strip()
@@ -194,14 +205,18 @@ def _run_chat(args: argparse.Namespace) -> int:
                 print("(new conversation)")
                 continue
             sys.stdout.write("rag> ")
-            result = col.ask(
-                question,
-                where=where,
-                mmr=args.mmr,
-                history=history,
-                generator=gen,
-                on_token=_stdout_token,
-            )
+            try:
+                result = col.ask(
+                    question,
+                    where=where,
+                    mmr=args.mmr,
+                    history=history,
+                    generator=gen,
+                    on_token=_stdout_token,
+                )
+            except RouteRefused as e:  # one question refused; the conversation goes on
+                print(f"({printable(str(e))})")
+                continue
             print()
             if result.query != question:
                 print(f"(searched for: {printable(result.query)})")

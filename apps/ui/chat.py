@@ -24,7 +24,9 @@ import streamlit as st
 from apps.ui import state
 from apps.ui.state import md_text
 from rag.generation import resolve_generator_name
+from rag.generation.grounding import describe
 from rag.generation.prompt import citation_spans
+from rag.routing import router_for
 
 #: Seconds between two repaints of a streaming answer.
 _REPAINT = 0.05
@@ -42,6 +44,10 @@ def answer_record(answer: Any, choice: state.Choice, *, searched_for: str | None
         "citations": list(answer.citations),
         "attributed": bool(answer.attributed),
         "left_out": int(getattr(answer, "left_out", 0)),
+        "grounding": getattr(answer, "grounding", ""),
+        "removed": int(getattr(answer, "removed", 0)),
+        "route": getattr(answer, "route", ""),
+        "route_reason": getattr(answer, "route_reason", ""),
         "generator": answer.generator,
         "model": answer.model,
         "timings": dict(answer.timings),
@@ -126,6 +132,21 @@ def generator_line(rec: dict[str, Any]) -> str:
     return f"Answered by {md_text(gen)}: **{model}**"
 
 
+#: The icon before each grounding note.
+_GROUNDING_ICONS = {
+    "grounded": ":material/verified:",
+    "fell back": ":material/warning:",
+    "abstained": ":material/block:",
+}
+
+
+def grounding_note(rec: dict[str, Any]) -> str:
+    """What ragkit's grounding check did to the answer (empty when it did not run)."""
+    grounding = rec.get("grounding") or ""
+    text = describe(grounding, int(rec.get("removed") or 0))
+    return f"{_GROUNDING_ICONS[grounding]} {md_text(text)}" if text else ""
+
+
 def latency_line(rec: dict[str, Any]) -> str:
     t = rec["timings"]
     s = rec["settings"]
@@ -149,6 +170,14 @@ def render_answer(rec: dict[str, Any]) -> None:
     st.markdown(answer_html(text, len(sources), rec["id"]), unsafe_allow_html=True)
     if rec.get("searched_for"):
         st.caption(f"Searched for: “{md_text(rec['searched_for'])}”")
+    note = grounding_note(rec)
+    if note:
+        st.caption(note)
+    if rec.get("route"):
+        st.caption(
+            f":material/alt_route: Route **{md_text(rec['route'])}**: "
+            f"{md_text(rec.get('route_reason') or '')}"
+        )
     cited = set(rec["citations"])
     if rec["attributed"]:
         st.caption(
@@ -222,7 +251,8 @@ def ask(question: str, choice: state.Choice) -> dict[str, Any]:
     status.caption("Searching and thinking…" if kind != "extractive" else "Searching…")
     placeholder = st.empty()
     try:
-        gen = state.generator(settings, col, choice.base_url)
+        # With a routes file (rag.routing) each question's generator is the router's choice.
+        gen = None if router_for(col) else state.generator(settings, col, choice.base_url)
         answer = col.ask(
             question,
             k=choice.k,
@@ -235,8 +265,7 @@ def ask(question: str, choice: state.Choice) -> dict[str, Any]:
     finally:
         status.empty()
         placeholder.empty()
-    searched = answer.query if answer.query and answer.query != question else None
-    return answer_record(answer, choice, searched_for=searched)
+    return answer_record(answer, choice, searched_for=answer.query or question)
 
 
 def render() -> None:

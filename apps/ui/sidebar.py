@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from apps.ui import state
+from apps.ui.state import md_text
 from rag import list_collections, plugins
-from rag.config import RETRIEVAL_MODES
-from rag.errors import RagError
+from rag.config import RETRIEVAL_MODES, Settings
+from rag.errors import ConfigError, RagError
 from rag.generation import resolve_generator_name
+from rag.routing import find_routes
 
 NEW = "+ New collection…"
 #: How ragkit's own generators are shown; a plugin's generator shows its name.
@@ -29,6 +32,15 @@ def _label(plugin: plugins.Plugin | None, text: str) -> str:
 
 def new_chat() -> None:
     st.session_state["messages"] = []
+
+
+def _routes_file(base: Settings) -> Path | None:
+    """The routes file that chooses generators (``--routes`` or ``<data dir>/routes.toml``);
+    a broken setting is shown by the chat page when it answers."""
+    try:
+        return find_routes(base)
+    except ConfigError:
+        return None
 
 
 def endpoint_picker(sb: Any) -> str | None:
@@ -125,48 +137,56 @@ def render() -> state.Choice:
 
     sb.divider()
     sb.subheader("Answers")
-    gen_plugins = plugins.registry().plugins("generators")
-    kinds = ["auto", *gen_plugins]
-    auto_is = resolve_generator_name(base.with_(generator="auto"))
-    ss.setdefault("generator", base.generator if base.generator in kinds else "auto")
-    gen = sb.selectbox(
-        "Generator",
-        kinds,
-        format_func=lambda g: (
-            f"auto ({auto_is})"
-            if g == "auto"
-            else _label(gen_plugins.get(g), GENERATOR_LABELS.get(g, g))
-        ),
-        key="generator",
-    )
-    resolved = auto_is if gen == "auto" else gen
-    gen_plugin = gen_plugins.get(resolved)
-    if gen_plugin is not None and not gen_plugin.installed:
-        sb.warning(f"The {resolved} generator is not installed: `{gen_plugin.install_hint}`")
+    routes = _routes_file(base)
     llm_model = base_url = None
-    if resolved == "openai":
-        ss.setdefault("llm_model", base.llm_model or "")
-        base_url = endpoint_picker(sb)
-        llm_model = (
-            sb.text_input(
-                "Model",
-                placeholder="the endpoint's only model",
-                key="llm_model",
-            ).strip()
-            or None
+    gen = base.generator
+    if routes is not None:
+        sb.caption(
+            f":material/alt_route: Each question's generator is chosen by the routes in "
+            f"{md_text(str(routes))}; each answer says which route it took and why."
         )
-        if state.key_goes_to(base_url):
-            sb.caption("API key: `OPENAI_API_KEY` from the server's environment.")
-        elif os.environ.get("OPENAI_API_KEY"):
-            sb.caption(
-                "API key: none sent — `OPENAI_API_KEY` goes only to the endpoint configured "
-                "in the server's environment (`OPENAI_BASE_URL`)."
+    else:
+        gen_plugins = plugins.registry().plugins("generators")
+        kinds = ["auto", *gen_plugins]
+        auto_is = resolve_generator_name(base.with_(generator="auto"))
+        ss.setdefault("generator", base.generator if base.generator in kinds else "auto")
+        gen = sb.selectbox(
+            "Generator",
+            kinds,
+            format_func=lambda g: (
+                f"auto ({auto_is})"
+                if g == "auto"
+                else _label(gen_plugins.get(g), GENERATOR_LABELS.get(g, g))
+            ),
+            key="generator",
+        )
+        resolved = auto_is if gen == "auto" else gen
+        gen_plugin = gen_plugins.get(resolved)
+        if gen_plugin is not None and not gen_plugin.installed:
+            sb.warning(f"The {resolved} generator is not installed: `{gen_plugin.install_hint}`")
+        if resolved == "openai":
+            ss.setdefault("llm_model", base.llm_model or "")
+            base_url = endpoint_picker(sb)
+            llm_model = (
+                sb.text_input(
+                    "Model",
+                    placeholder="the endpoint's only model",
+                    key="llm_model",
+                ).strip()
+                or None
             )
-        else:
-            sb.caption(
-                "API key: none (`OPENAI_API_KEY` is not set in the server's environment; "
-                "keys are never typed into this page)."
-            )
+            if state.key_goes_to(base_url):
+                sb.caption("API key: `OPENAI_API_KEY` from the server's environment.")
+            elif os.environ.get("OPENAI_API_KEY"):
+                sb.caption(
+                    "API key: none sent — `OPENAI_API_KEY` goes only to the endpoint configured "
+                    "in the server's environment (`OPENAI_BASE_URL`)."
+                )
+            else:
+                sb.caption(
+                    "API key: none (`OPENAI_API_KEY` is not set in the server's environment; "
+                    "keys are never typed into this page)."
+                )
 
     sb.divider()
     sb.button("New chat", on_click=new_chat, icon=":material/add_comment:", width="stretch")
