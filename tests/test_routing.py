@@ -104,6 +104,24 @@ def test_private_passages_go_to_the_local_generator_and_nothing_is_sent(
     assert server.requests == []  # not a chat request, not even a model listing
 
 
+def test_private_passages_reach_the_in_process_model_and_nothing_is_sent(
+    corpus: Path, server: ChatServer, tmp_path: Path
+) -> None:
+    """The same privacy rule with the real local model (SmolLM2 in process) as its route."""
+    pytest.importorskip("xllamacpp")
+    routes = write(
+        tmp_path,
+        'default = "cloud"\n'
+        + cloud(server)
+        + '[generators.here]\nkind = "local"\n'
+        + '[[rules]]\nsource = "*/private/*"\nlocal_only = true\ngenerator = "here"\n',
+    )
+    result = ask(corpus, routes, PRIVATE_Q)
+    assert result.generator == "local" and result.route == "here"
+    assert "forty thousand coins" in result.text and result.citations == [1]
+    assert server.requests == []
+
+
 def test_a_public_question_goes_to_the_endpoint(
     corpus: Path, server: ChatServer, tmp_path: Path
 ) -> None:
