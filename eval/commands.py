@@ -1,6 +1,7 @@
 """``rag eval`` and ``rag bench``: the measurement commands, plugins of ``ragkit.commands``.
 
-Their modules (eval.retrieval, eval.qa, eval.bench) are imported only when they run.
+Their modules (eval.retrieval, eval.qa, eval.multiturn, eval.bench) are imported only when
+they run.
 """
 
 from __future__ import annotations
@@ -85,12 +86,45 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
     )
     q.add_argument("--k", type=int, default=None, help="passages per question (default 5)")
     q.add_argument("--mode", choices=RETRIEVAL_MODES, default=None)
+    q.add_argument(
+        "--routes",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a routes file (docs/routing.md): also answer every question by the route it "
+        "chooses and report each route (default: <data dir>/routes.toml when it exists)",
+    )
     add_embedding_options(q)
     q.add_argument(
         "--out",
         type=Path,
         default=None,
         help="JSON result file (default <data dir>/eval-results/qa-<dataset>-<store>.json)",
+    )
+    m = kinds.add_parser(
+        "multiturn",
+        help="follow-up questions over the sample corpus: gold source in the top k with and "
+        "without making them standalone",
+    )
+    add_collection_options(m)
+    m.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the sample corpus, ingested first (default: the checkout's data/ folder)",
+    )
+    m.add_argument(
+        "--no-local", action="store_true", help="skip the local model (its rewrites take seconds)"
+    )
+    m.add_argument("--k", type=int, default=None, help="passages per follow-up (default 5)")
+    m.add_argument("--mode", choices=RETRIEVAL_MODES, default=None)
+    m.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON result file, every query included "
+        "(default <data dir>/eval-results/multiturn-<store>.json)",
     )
 
 
@@ -112,6 +146,15 @@ def _run_eval(args: argparse.Namespace) -> int:
             f"retrieval-{args.dataset.resolve().name}-{result['store']}-"
             f"{result['embed_backend']}.json"
         )
+    elif args.eval_kind == "multiturn":
+        from eval.multiturn import CORPUS, markdown, run
+
+        corpus = args.corpus or CORPUS
+        if not corpus.is_dir():
+            raise ConfigError(f"no sample corpus at {corpus}; give its folder with --corpus")
+        result = run(settings, k=settings.k, local=not args.no_local, corpus=corpus)
+        result["store"] = settings.store
+        out = args.out or settings.data_dir / RESULTS_DIR / f"multiturn-{settings.store}.json"
     else:
         from eval.qa import GENERATORS, markdown, run
 

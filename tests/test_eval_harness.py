@@ -113,3 +113,37 @@ def test_qa_harness_on_an_xquad_slice(shared_datasets: Path, tmp_path: Path) -> 
     assert ex["cites_gold_paragraph"] <= ex["cites_any"]
     assert "skipped" in result["generators"]["openai"]  # no endpoint configured in tests
     assert "| extractive |" in qa.markdown(result)
+
+
+def test_qa_harness_reports_each_route(shared_datasets: Path, tmp_path: Path) -> None:
+    data = json.loads((shared_datasets / "xquad_en" / "xquad.en.json").read_text())
+    data["data"] = data["data"][:2]
+    small = tmp_path / "xquad-slice.json"
+    small.write_text(json.dumps(data))
+    routes = tmp_path / "routes.toml"
+    # Paragraph files are p0000_<title>.txt ...: passages of paragraph 0 are private, and the
+    # rule that matches them next chooses an endpoint that is not local, so those questions
+    # are refused before anything is sent (nothing listens on the port); the rest split on
+    # question length.
+    routes.write_text(
+        'default = "long"\n'
+        '[generators.short]\nkind = "extractive"\n'
+        '[generators.long]\nkind = "extractive"\n'
+        '[generators.cloud]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "m"\n'
+        '[[rules]]\nsource = "*/p0000_*"\nlocal_only = true\n'
+        '[[rules]]\nsource = "*/p0000_*"\ngenerator = "cloud"\n'
+        '[[rules]]\nmax_words = 8\ngenerator = "short"\n'
+    )
+    s = hashing_settings(tmp_path / "rag").with_(mode="bm25", routes=routes)
+    result = qa.run(small, s, generators=("extractive",), limit=30)
+    routed = result["generators"]["routed"]
+    per_route = routed["routes"]
+    assert set(per_route) == {"short", "long"}
+    assert routed["refused"] > 0
+    assert routed["refused"] + sum(r["questions"] for r in per_route.values()) == 30
+    for r in per_route.values():
+        assert {"contains_answer", "f1", "cites_gold_paragraph", "unsupported_sentences"} <= set(r)
+        assert r["latency_ms"]["p50"] >= 0
+    text = qa.markdown(result)
+    assert "| routed: short |" in text and "| routed: long |" in text
+    assert f"({routed['refused']} refused)" in text

@@ -127,7 +127,7 @@ def test_answers_show_the_query_grounding_and_route(ingested: Path):
         'default = "quotes"\n'
         '[generators.quotes]\nkind = "extractive"\n'
         '[generators.brief]\nkind = "extractive"\n'
-        "[[rules]]\nmax_words = 4\ngenerator = \"brief\"\n"
+        '[[rules]]\nmax_words = 4\ngenerator = "brief"\n'
     )
     at = app()
     no_exceptions(at)
