@@ -222,3 +222,28 @@ def test_rag_eval_multiturn_ingests_the_corpus_and_measures_the_follow_ups(
         "standalone extractive (merge)",
     }
     assert methods["standalone extractive (merge)"]["hits"] > methods["none"]["hits"]
+
+
+def test_rag_chat_shows_what_each_follow_up_searched_for(
+    hashing_env: dict[str, str], tmp_path: Path
+) -> None:
+    """In `rag chat` every follow-up turn prints the query that was searched, made
+    standalone (the first question is searched as asked, and says nothing)."""
+    env = {**hashing_env, "HF_HUB_OFFLINE": "1", "RAG_GENERATOR": "extractive"}
+    rag = [sys.executable, "-m", "apps.cli"]
+    ingest = subprocess.run(
+        [*rag, "ingest", str(DATA)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert ingest.returncode == 0, ingest.stderr
+    chat = subprocess.run(
+        [*rag, "chat"],
+        input="What is the default chunk size?\nand how do I change it?\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert chat.returncode == 0, chat.stderr
+    searched = [line for line in chat.stdout.splitlines() if line.startswith("(searched for:")]
+    assert len(searched) == 1
+    assert "how do I change it" in searched[0] and "chunk size" in searched[0]

@@ -218,7 +218,7 @@ def _run_chat(args: argparse.Namespace) -> int:
                 print(f"({printable(str(e))})")
                 continue
             print()
-            if result.query != question:
+            if history or result.query != question:  # a follow-up: say what was searched
                 print(f"(searched for: {printable(result.query)})")
             _print_sources(result)
             history.append((question, result.text))
