@@ -12,7 +12,9 @@ Backends are plugins of the ``ragkit.stores`` entry-point group (:mod:`rag.plugi
 :func:`open_store` constructs one by name. Most subclass :class:`StoreBase`, which applies
 the checks of :mod:`rag.contract` once, in the public methods, and hands the backend
 validated input through the ``_upsert``, ``_delete``, ``_search``, ``_get`` and ``_scan``
-hooks.
+hooks. Searching many query vectors at once (``search_many``, for a server batching its
+requests) is optional: :class:`StoreBase` loops over ``_search`` unless the backend
+overrides ``_search_many``, and :func:`search_many` serves any store.
 """
 
 from __future__ import annotations
@@ -131,7 +133,9 @@ class StoreBase:
     list of checked chunks and a float32 ``(n, dim)`` array of unit rows; ``_delete`` and
     ``_get`` a non-empty list of ids; ``_search`` a unit ``(dim,)`` vector, ``k`` within
     bounds and a parsed filter whose operators the backend declared; ``_scan`` a positive
-    batch size.
+    batch size. ``_search_many`` (optional: by default one ``_search`` per row) gets a
+    non-empty float32 ``(n, dim)`` array of unit rows and must answer each row exactly as
+    ``_search`` would.
     """
 
     name: ClassVar[str]
@@ -172,6 +176,24 @@ class StoreBase:
         require_supported(flt, self.capabilities.filter_ops, self.name)
         return self._search(q, k, flt)
 
+    def search_many(
+        self, vectors: np.ndarray, *, k: int = 10, where: Filter | Mapping[str, Any] | None = None
+    ) -> list[list[Hit]]:
+        """One :meth:`search` per row of ``vectors`` (an ``(n, dim)`` array), all with the
+        same ``k`` and ``where``: the same hits as ``[search(v, k=k, where=where) for v in
+        vectors]``, ids and scores alike, in one call where the backend batches
+        (``_search_many``). Optional in the contract: :func:`search_many` falls back to a
+        loop over ``search`` for a store without it."""
+        k = contract.check_k(k, limit=MAX_K)
+        qs = contract.check_vectors(
+            vectors, self.dim, rows=None, store=self.name, collection=self.collection
+        )
+        flt = parse(where)
+        require_supported(flt, self.capabilities.filter_ops, self.name)
+        if not len(qs):
+            return []
+        return self._search_many(qs, k, flt)
+
     def get(self, ids: Sequence[str]) -> list[Chunk]:
         ids = contract.check_ids(ids)
         return self._get(ids) if ids else []
@@ -190,6 +212,11 @@ class StoreBase:
     def _search(self, vector: np.ndarray, k: int, where: Filter | None) -> list[Hit]:
         raise NotImplementedError
 
+    def _search_many(self, vectors: np.ndarray, k: int, where: Filter | None) -> list[list[Hit]]:
+        # A backend that can search a matrix at once overrides this; it must return what
+        # _search returns for each row.
+        return [self._search(v, k, where) for v in vectors]
+
     def _get(self, ids: list[str]) -> list[Chunk]:
         raise NotImplementedError
 
@@ -205,6 +232,22 @@ def open_store(
 
     cls = plugins.load("stores", name)
     return cls(collection, dim=dim, config=config, create=create)
+
+
+def search_many(
+    store: VectorStore,
+    vectors: np.ndarray,
+    *,
+    k: int = 10,
+    where: Filter | Mapping[str, Any] | None = None,
+) -> list[list[Hit]]:
+    """The hits of each row of ``vectors``, as ``store.search`` gives them: through the
+    store's ``search_many`` when it has one (every :class:`StoreBase` does), else one
+    ``search`` per row."""
+    batch = getattr(store, "search_many", None)
+    if batch is not None:
+        return batch(vectors, k=k, where=where)
+    return [store.search(v, k=k, where=where) for v in np.asarray(vectors)]
 
 
 def store_class(name: str) -> type[VectorStore]:

@@ -19,11 +19,12 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rag import plugins
 from rag.filters import evaluate, parse
-from rag.store import StoreConfig
+from rag.store import StoreConfig, search_many
 from vectorstores.conformance import *  # noqa: F403  (the contract's tests)
 from vectorstores.conformance import DIM, StoreEnv, dataset
 from vectorstores.conformance_guards import *  # noqa: F403  (the contract on hostile input)
@@ -106,6 +107,34 @@ def store_env(
     if store in SESSION_SERVERS and store not in session_servers:
         session_servers[store] = SESSION_SERVERS[store](store_root / store)
     return StoreEnv(store, StoreConfig(store_root / variant, options=options))
+
+
+# --- batch search ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "where", [None, {"tag": "a"}, {"n": {"$gte": 10}}, {"tag": "nope"}], ids=json.dumps
+)
+def test_search_many_is_search_per_row(store_env: StoreEnv, where: dict | None) -> None:
+    """A batch of queries (``rag.store.search_many``: the store's own ``search_many``, or a
+    loop over ``search`` for a store without one) answers each row exactly as ``search``
+    does, ids and scores alike, with and without a filter."""
+    chunks, vecs = dataset()
+    store = store_env.open()
+    try:
+        store.upsert(chunks, vecs)
+        rng = np.random.default_rng(5)
+        queries = rng.normal(size=(12, DIM)).astype(np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        for k in (5, 500):
+            one_by_one = [
+                [(h.id, h.score) for h in store.search(q, k=k, where=where)] for q in queries
+            ]
+            batched = search_many(store, queries, k=k, where=where)
+            assert [[(h.id, h.score) for h in hits] for hits in batched] == one_by_one
+        assert search_many(store, queries[:0], k=5) == []
+    finally:
+        store.close()
 
 
 # --- a read-only folder ----------------------------------------------------------------------

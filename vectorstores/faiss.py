@@ -33,6 +33,13 @@ upsert). A rebuild from SQLite (on open with a stale snapshot, or after many del
 trains again on the data held then. When ``nprobe`` lists yield fewer than ``k`` hits the
 search is repeated over every list, so the result size holds.
 
+A batch of queries (``search_many``) takes the lock, evaluates the filter and reads the hits'
+chunks from SQLite once for all of them; HNSW searches the whole batch in one FAISS call.
+Each row's hits are exactly what ``search`` gives it: against more than about 10,000
+vectors, FAISS scores several queries at once with another kernel than one query, whose
+sums round differently in the last bit, so a flat index, and an IVF index (whose coarse
+quantizer is a flat index over its lists), are searched one row at a time.
+
 Filters are applied before ranking: the matching row ids become a FAISS ``IDSelector``, and
 small selections (at most 2,048 rows or 2% of the collection) are ranked exactly, whatever
 the index. The matching rows come from in-memory columns of the fields filtered on, read
@@ -414,8 +421,12 @@ class FaissStore(StoreBase):
             self._maybe_rebuild()
 
     def _search(self, vector: np.ndarray, k: int, where: Filter | None) -> list[Hit]:
-        q = vector.reshape(1, -1)
-        faiss = self._faiss
+        return self._search_many(vector.reshape(1, -1), k, where)[0]
+
+    def _search_many(self, vectors: np.ndarray, k: int, where: Filter | None) -> list[list[Hit]]:
+        # One lock, one filter evaluation and one SQL read for every row; the FAISS calls
+        # are batched where that leaves each row's result as a search of its own would give.
+        n = len(vectors)
         with self._lock:
             self._sync()
             allowed: np.ndarray | None = None
@@ -424,47 +435,71 @@ class FaissStore(StoreBase):
                 if self._masked:
                     allowed = allowed[~np.isin(allowed, list(self._masked))]
                 if allowed.size == 0:
-                    return []
+                    return [[] for _ in range(n)]
             live = self._index.ntotal - len(self._masked)
             if live <= 0:
-                return []
+                return [[] for _ in range(n)]
             kk = min(k, live if allowed is None else int(allowed.size))
-            hnsw = self._opts["index"] == "hnsw"
-            ivf = self._ivf_trained()
-            ef = max(int(self._opts["ef_search"]), kk)
             if allowed is not None and allowed.size <= max(2048, live // 50):
                 # HNSW walks badly through a graph where few nodes qualify, few IVF lists
                 # hold enough of them, and a flat scan reads every vector to rank a few:
                 # rank a small selection exactly instead.
-                scores, ids = self._exact_subset(q, allowed, kk)
+                scores, ids = self._exact_subset(vectors, allowed, kk)
             else:
-                params = None
-                sel = None
-                if allowed is not None:
-                    sel = faiss.IDSelectorBatch(allowed)
-                elif self._masked:
-                    sel = faiss.IDSelectorNot(
-                        faiss.IDSelectorBatch(np.array(sorted(self._masked), dtype=np.int64))
-                    )
-                if hnsw:
-                    params = faiss.SearchParametersHNSW(efSearch=ef)
-                    if sel is not None:
-                        params.sel = sel
-                elif ivf:
-                    params = faiss.SearchParametersIVF(nprobe=int(self._opts["nprobe"]))
-                    if sel is not None:
-                        params.sel = sel
-                elif sel is not None:
-                    params = faiss.SearchParameters(sel=sel)
-                d, i = self._index.search(q, kk, params=params)
-                if ivf and (i[0] < 0).any():
-                    # The probed lists held fewer than k matches: search every list.
-                    params.nprobe = self._index.nlist
-                    d, i = self._index.search(q, kk, params=params)
-                scores, ids = d[0], i[0]
-            pairs = [(int(r), float(s)) for r, s in zip(ids, scores, strict=True) if r >= 0]
-            chunks = self._by_rowid([r for r, _ in pairs])
-        return [Hit(chunks[r].id, s, chunks[r]) for r, s in pairs if r in chunks]
+                scores, ids = self._index_search(vectors, kk, allowed)
+            rows = [
+                [(int(r), float(s)) for r, s in zip(i_row, s_row, strict=True) if r >= 0]
+                for i_row, s_row in zip(ids, scores, strict=True)
+            ]
+            chunks = self._by_rowid(sorted({r for row in rows for r, _ in row}))
+        return [[Hit(chunks[r].id, s, chunks[r]) for r, s in row if r in chunks] for row in rows]
+
+    def _index_search(
+        self, q: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The index's ``(scores, rowids)`` for each row of ``q``, over ``allowed`` rows (or
+        every row not masked)."""
+        faiss = self._faiss
+        hnsw = self._opts["index"] == "hnsw"
+        ivf = self._ivf_trained()
+        sel = None
+        if allowed is not None:
+            sel = faiss.IDSelectorBatch(allowed)
+        elif self._masked:
+            sel = faiss.IDSelectorNot(
+                faiss.IDSelectorBatch(np.array(sorted(self._masked), dtype=np.int64))
+            )
+
+        def params(nprobe: int | None = None) -> Any:
+            if hnsw:
+                out = faiss.SearchParametersHNSW(efSearch=max(int(self._opts["ef_search"]), k))
+            elif ivf:
+                out = faiss.SearchParametersIVF(nprobe=nprobe or int(self._opts["nprobe"]))
+            elif sel is not None:
+                out = faiss.SearchParameters()
+            else:
+                return None
+            if sel is not None:
+                out.sel = sel
+            return out
+
+        # HNSW searches each query on its own, whatever the batch. A flat scan of several
+        # queries (IVF's coarse quantizer is one) takes another kernel than one query's,
+        # whose scores differ in the last bit: one row at a time (see the docstring).
+        step = len(q) if hnsw else 1
+        scores, ids = [], []
+        for start in range(0, len(q), step):
+            part = q[start : start + step]
+            d, i = self._index.search(part, k, params=params())
+            short = (i < 0).any(axis=1) if ivf else None
+            if short is not None and short.any():
+                # The probed lists held fewer than k matches: search every list.
+                d[short], i[short] = self._index.search(
+                    part[short], k, params=params(self._index.nlist)
+                )
+            scores.append(d)
+            ids.append(i)
+        return np.vstack(scores), np.vstack(ids)
 
     def _matching_rows(self, where: Filter) -> np.ndarray:
         """Rowids matching ``where``: from the column cache, or from SQL where it can't say."""
@@ -482,12 +517,16 @@ class FaissStore(StoreBase):
 
     def _exact_subset(
         self, q: np.ndarray, allowed: np.ndarray, k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         vecs = self._index.reconstruct_batch(allowed)
-        scores = vecs @ q[0]
-        top = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
-        order = top[np.argsort(-scores[top], kind="stable")]
-        return scores[order], allowed[order]
+        out_scores, out_ids = [], []
+        for row in q:  # one product per query: a matrix product would round differently
+            scores = vecs @ row
+            top = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
+            order = top[np.argsort(-scores[top], kind="stable")]
+            out_scores.append(scores[order])
+            out_ids.append(allowed[order])
+        return out_scores, out_ids
 
     def _by_rowid(self, rowids: list[int]) -> dict[int, Chunk]:
         out: dict[int, Chunk] = {}
