@@ -20,6 +20,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,22 +306,67 @@ def test_the_readme_has_a_python_example() -> None:
     assert any("open_collection" in code and ".ask(" in code for _, code in blocks)
 
 
+#: An example that talks to `rag serve` at its default address.
+_SERVER = "http://127.0.0.1:8000"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("where", "code"), _python_blocks(), ids=lambda v: v.split("\n")[0])
 def test_readme_python_example_runs(where: str, code: str, tmp_path: Path) -> None:
     """Each example runs as written, from a folder holding a copy of data/ (as from the
-    repository root), offline, with the default embedding model and generator."""
+    repository root), offline, with the default embedding model and generator. An example
+    that calls `rag serve` runs against a real one over data/ (on a free port instead of
+    8000, with the extractive generator)."""
     shutil.copytree(DATA, tmp_path / "data")
-    script = tmp_path / "example.py"
-    script.write_text(code, encoding="utf-8")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    with contextlib.ExitStack() as stack:
+        if _SERVER in code:
+            code = code.replace(_SERVER, stack.enter_context(_rag_serve(tmp_path, env)))
+        script = tmp_path / "example.py"
+        script.write_text(code, encoding="utf-8")
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     assert proc.returncode == 0, f"{where}:\n{proc.stderr[-3000:]}"
     assert proc.stdout.strip()
+
+
+@contextlib.contextmanager
+def _rag_serve(folder: Path, env: dict[str, str]) -> Iterator[str]:
+    """`rag serve` over data/ ingested into ``folder``/.rag; yields its base URL."""
+    import httpx
+
+    from tests.serve_support import free_port
+
+    rag = [sys.executable, "-m", "apps.cli", "--data-dir", str(folder / ".rag")]
+    subprocess.run([*rag, "ingest", str(folder / "data")], env=env, check=True, timeout=600)
+    port = free_port()
+    server = subprocess.Popen(
+        [*rag, "serve", "--port", str(port), "--generator", "extractive"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"rag serve did not start (exit {server.poll()})")
+            time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
