@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,10 +153,17 @@ class Collection:
             config = StoreConfig(
                 data_dir=s.data_dir / "stores" / s.store,
                 url=s.store_url,
-                options=dict(s.store_options),
+                options=self.store_options,
             )
             self._store = open_store(s.store, self.name, dim=dim, config=config, create=True)
         return self._store
+
+    @property
+    def store_options(self) -> dict[str, Any]:
+        """The store options in force: those the collection was built with (saved in its
+        manifest), overridden by any the settings name."""
+        saved = self.manifest.store_options if self.manifest is not None else {}
+        return {**saved, **self.settings.store_options}
 
     @property
     def records(self) -> RecordStore:
@@ -215,16 +222,21 @@ class Collection:
         exclude: Sequence[str] = (),
         cleanup: str = "full",
         progress: ProgressCallback | None = None,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] = (),
     ) -> IngestReport:
         """Bring the collection in line with ``paths`` read by the source plugin ``source``
         (see :mod:`rag.indexing`): new and changed items are added, unchanged ones cost
         nothing, and with ``cleanup="full"`` items gone from what the source covers are
-        removed."""
+        removed. ``params`` are the source's own options (:mod:`rag.source`); the source may
+        keep state between runs in ``<collection>/sources/<source>/``."""
+        pairs = params.items() if isinstance(params, Mapping) else params
         options = SourceOptions(
             targets=tuple(os.fspath(p) for p in paths),
             include=tuple(include),
             exclude=tuple(exclude),
             max_bytes=self.settings.max_file_bytes,
+            params=tuple((str(k), str(v)) for k, v in pairs),
+            state_dir=os.fspath(self.path / "sources" / source),
         )
         reader = open_source(source, options)
         started = time.perf_counter()
@@ -257,6 +269,7 @@ class Collection:
                 "failed": len(report.failed),
             }
             manifest.versions = installed_versions()
+            manifest.store_options = self.store_options
             manifest.save(self.path / "manifest.json")
         return report
 
@@ -319,6 +332,7 @@ class Collection:
                 chunker.size,
                 chunker.overlap,
                 versions=installed_versions(),
+                store_options=dict(self.settings.store_options),
             )
         m.chunk_size, m.chunk_overlap = chunker.size, chunker.overlap
         m.save(self.path / "manifest.json")
@@ -426,8 +440,12 @@ class Collection:
         history: Sequence[tuple[str, str]] = (),
         generator: Generator | None = None,
         on_token: Callable[[str], None] | None = None,
+        search: Callable[..., list[Hit]] | None = None,
     ) -> Answer:
         """Retrieve passages for ``question`` and answer from them, citing them as [n].
+
+        ``search`` stands in for :meth:`search` (called with the query and the same keyword
+        arguments: ``k``, ``where``, ``mode``, ``mmr``), for a server that batches searches.
 
         Without a ``generator``, a routes file (:mod:`rag.routing`) chooses one from the
         question and the passages, after retrieval and before anything is sent; it may
@@ -446,7 +464,7 @@ class Collection:
 
         query, _ = standalone(question, history, gen)
         t1 = time.perf_counter()
-        hits = self.search(query, k=k, where=where, mode=mode, mmr=mmr)
+        hits = (search or self.search)(query, k=k, where=where, mode=mode, mmr=mmr)
         t2 = time.perf_counter()
         route = None
         if router is not None:
@@ -484,6 +502,7 @@ class Collection:
             "chunker": None
             if m is None
             else {"chunk_size": m.chunk_size, "chunk_overlap": m.chunk_overlap},
+            "store_options": self.store_options,
             "created": None if m is None else m.created,
             "last_ingest": None if m is None else m.last_ingest,
         }

@@ -41,6 +41,9 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     last_ingest: dict[str, Any] | None = None
     format: int = MANIFEST_VERSION
+    #: The store options the collection was built with (``--store-opt index=hnsw``): what
+    #: later opens use unless they name an option themselves.
+    store_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> Manifest:

@@ -20,15 +20,34 @@ built from :class:`SourceOptions` and does three things:
 Item ids are what chunks record as their ``source``: stable, unique within the collection,
 valid Unicode (for files, the resolved folder given plus the path as walked below it; see
 :mod:`connectors.filesystem`).
+
+Two optional class attributes let a source take part in the command line without the core
+knowing it:
+
+* ``options``: a mapping of the source's own option names to one line of help each
+  (``{"depth": "links to follow from each start page"}``). ``rag ingest`` offers each as a
+  flag (``--depth``) and as ``--source-opt depth=2``; the values reach the source as
+  :attr:`SourceOptions.params` (strings, parsed by the source). Giving a source an option it
+  does not declare is a :class:`~rag.errors.ConfigError` (:func:`open_source` checks).
+* ``claims(target) -> bool`` (a classmethod): whether a target is this source's to read
+  (``https://...`` for a web source). Without ``--source``, :func:`pick_source` takes the
+  source that claims every target, and the filesystem source otherwise.
+
+A source that keeps state between runs (HTTP validators of the pages it fetched, say) keeps
+it in :attr:`SourceOptions.state_dir`, a folder inside the collection that ingestion gives it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
+from rag.errors import ConfigError
 from rag.types import Document, Failure, Skipped
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +56,8 @@ class SourceItem:
 
     id: str
     size: int
+    #: A number that changes when the item changes: a file's modification time, or another
+    #: change token of the source's (kept as a float, compared for equality only).
     mtime: float
 
 
@@ -50,6 +71,18 @@ class SourceOptions:
     exclude: tuple[str, ...] = ()
     #: Items larger than this are reported as failures, not read.
     max_bytes: int = 50 * 2**20
+    #: The source's own options, as ``(name, value)`` strings (see the module docstring).
+    params: tuple[tuple[str, str], ...] = ()
+    #: A folder the source may keep state in between runs (``None``: keep none).
+    state_dir: str | None = None
+
+    def param(self, name: str, default: str | None = None) -> str | None:
+        """The value given for the source option ``name`` (the last one), or ``default``."""
+        found = default
+        for key, value in self.params:
+            if key == name:
+                found = value
+        return found
 
 
 @runtime_checkable
@@ -83,7 +116,43 @@ def open_source(name: str, options: SourceOptions) -> Source:
     from rag import plugins
 
     cls = plugins.load("sources", name)
+    declared = source_options(cls)
+    unknown = sorted({key for key, _ in options.params if key not in declared})
+    if unknown:
+        accepted = ", ".join(sorted(declared)) or "none"
+        raise ConfigError(
+            f"the {name} source takes no option {', '.join(unknown)} (its options: {accepted})"
+        )
     return cls(options)
+
+
+def source_options(cls: type) -> Mapping[str, str]:
+    """The options a source class declares (name -> help), empty when it declares none."""
+    declared = getattr(cls, "options", None)
+    return dict(declared) if isinstance(declared, Mapping) else {}
+
+
+def pick_source(targets: Sequence[str]) -> str:
+    """The source plugin for ``targets`` when none is named: the one whose ``claims``
+    accepts every target, else ``filesystem``. Two sources claiming them is an error."""
+    from rag import plugins
+
+    claimed = []
+    for name in plugins.names("sources"):
+        plugin = plugins.get("sources", name)
+        if not plugin.installed:
+            continue
+        try:
+            cls = plugin.load()
+        except Exception as e:  # a broken plugin is reported when named, not here
+            logger.warning("the %s source could not be loaded: %s", name, e)
+            continue
+        claims = getattr(cls, "claims", None)
+        if callable(claims) and targets and all(claims(t) for t in targets):
+            claimed.append(name)
+    if len(claimed) > 1:
+        raise ConfigError(f"{', '.join(claimed)} all read {targets[0]!r}: choose one with --source")
+    return claimed[0] if claimed else "filesystem"
 
 
 def targets(paths: Sequence[object]) -> tuple[str, ...]:

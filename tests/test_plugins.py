@@ -191,3 +191,15 @@ def test_plugins_lists_every_group() -> None:
     assert groups["sources"]["entry_points"] == "ragkit.sources"
     names = {r["name"]: r for r in groups["generators"]["plugins"]}
     assert names["local"]["description"].startswith("A GGUF chat model")
+
+
+def test_a_broken_command_fails_alone(tmp_path: Path) -> None:
+    folder = tmp_path / "site"
+    write_dist(folder, "broken_cli", {"ragkit.commands": {"wobble": "surely_no_module:command"}})
+    listing = rag("--help", path=folder)
+    assert listing.returncode == 0, listing.stderr
+    assert "wobble" in listing.stdout and "unavailable" in listing.stdout
+    assert rag("stores", path=folder).returncode == 0  # the other commands still work
+    out = rag("wobble", "--anything", path=folder)
+    assert out.returncode == 1
+    assert "wobble" in out.stderr and "cannot be imported" in out.stderr

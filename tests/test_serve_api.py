@@ -422,3 +422,43 @@ def wait_until_healthy(proc: subprocess.Popen[str], base: str, timeout: float = 
                 return
         except httpx.TransportError:
             time.sleep(0.2)
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_a_collection_changed_by_another_process_is_served_changed(
+    tmp_path: Path, mode: str
+) -> None:
+    """`rag ingest` in another process while the server runs: the next search sees the new
+    file and no longer sees the removed one, in every mode."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "old.md").write_text("# Lighthouses\n\nThe keeper trims the lamp wick at dusk.\n")
+    with open_collection(settings(tmp_path / "d"), create=True) as col:
+        col.ingest([docs])
+    env = {
+        **os.environ,
+        "RAG_DATA_DIR": str(tmp_path / "d"),
+        "RAG_EMBED_MODEL": "hashing-384",
+        "RAG_EMBED_BACKEND": "hashing",
+    }
+    with running(serve(tmp_path / "d")) as url, httpx.Client(base_url=url, timeout=60) as http:
+
+        def sources(query: str) -> set[str]:
+            body = {"model": MODEL, "query": query, "k": 3, "mode": mode}
+            r = http.post("/v1/search", json=body)
+            assert r.status_code == 200, r.text
+            return {Path(h["source"]).name for h in r.json()["hits"]}
+
+        assert sources("keeper lamp wick") == {"old.md"}
+        (docs / "old.md").unlink()
+        (docs / "new.md").write_text("# Glaciers\n\nA glacier carves its valley over ages.\n")
+        done = subprocess.run(
+            [sys.executable, "-m", "apps.cli", "ingest", str(docs), "-q"],
+            env=env,
+            timeout=120,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        assert sources("glacier carves valley") == {"new.md"}
+        assert "old.md" not in sources("keeper lamp wick")

@@ -419,6 +419,39 @@ def test_the_search_endpoint_batches_concurrent_requests(data_dir: Path) -> None
         svc.close()
 
 
+def test_chat_completions_retrieve_through_the_batcher(data_dir: Path) -> None:
+    app = create_app(
+        settings(data_dir, generator="extractive"),
+        gateway_config=GatewayConfig(rate_per_minute=None),
+    )
+    svc = Service(
+        settings(data_dir, generator="extractive"),
+        batching=BatchConfig(max_batch=16, max_wait_ms=200),
+    )
+    app.state.service = svc
+    try:
+        with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+
+            def ask(i: int) -> list[str]:
+                body = {
+                    "model": "ragkit/default",
+                    "messages": [{"role": "user", "content": QUERIES[i]}],
+                }
+                r = client.post("/v1/chat/completions", json=body)
+                assert r.status_code == 200, r.text
+                return [s["id"] for s in r.json()["sources"]]
+
+            got = concurrently(ask, 12, threads=12)
+        col = svc.collection(svc.resolve("default"))
+        # The same passages as an unbatched ask, and the searches shared batches.
+        for i, ids in enumerate(got):
+            assert ids == [h.id for h in col.search(QUERIES[i])][: len(ids)]
+        stats = svc.batch_stats()["faiss/default"]
+        assert stats["requests"] == 12 and stats["largest"] > 1
+    finally:
+        svc.close()
+
+
 def test_the_benchmark_runs_end_to_end_in_quick_mode(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus.jsonl"
     rng = np.random.default_rng(2)

@@ -41,7 +41,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     if clash:
         raise clash[0].error()
     for name, plugin in registry.plugins("commands").items():
-        command = plugin.load()
+        try:
+            command = plugin.load()
+        except (PluginError, MissingDependencyError) as e:
+            # One broken or uninstalled plugin does not take the other commands down: it
+            # fails when it is run, with its reason.
+            command = _unavailable(e, plugin.summary() or "a command")
         if not isinstance(command, Command):
             raise PluginError(
                 f"the command {name!r} from {plugin.package} ({plugin.target}) is a "
@@ -58,6 +63,23 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         p.set_defaults(_command=command)
         subparsers[name] = p
     return parser, subparsers
+
+
+def _unavailable(error: RagError, summary: str) -> Command:
+    """A command that could not be loaded: listed by ``rag --help``, and failing with
+    ``error`` when run (exit 1: the installation is at fault, not the command line; any
+    arguments are taken, so that the reason is what the user sees)."""
+
+    def run(args: argparse.Namespace) -> int:
+        print(f"rag: error: {printable(str(error))}", file=sys.stderr)
+        return EXIT_ERROR
+
+    return Command(
+        help=f"{summary} (unavailable: run it for the reason)",
+        configure=lambda p: None,
+        run=run,
+        passthrough=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,9 +33,18 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--source",
         choices=plugins.names("sources"),
-        default="filesystem",
-        help="the source plugin that reads PATH (default filesystem)",
+        default=None,
+        help="the source plugin that reads PATH (default: the one that claims PATH, such as "
+        "web for http(s) addresses, else filesystem)",
     )
+    p.add_argument(
+        "--source-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the source's own (repeatable); the flags below set the same",
+    )
+    _add_source_flags(p)
     p.add_argument(
         "--include",
         action="append",
@@ -71,14 +80,69 @@ def _configure(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: The flags the installed sources declare: dest -> option name.
+SOURCE_FLAG_PREFIX = "source_flag_"
+
+
+def _add_source_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per option an installed source declares (``--depth`` for the web source's
+    ``depth``), its help naming the sources that take it."""
+    from rag.source import source_options
+
+    declared: dict[str, list[tuple[str, str]]] = {}
+    for name in plugins.names("sources"):
+        plugin = plugins.get("sources", name)
+        if not plugin.installed:
+            continue
+        try:
+            cls = plugin.load()
+        except Exception:  # reported when the source is used
+            continue
+        for option, text in source_options(cls).items():
+            declared.setdefault(option, []).append((name, text))
+    taken = {a for action in p._actions for a in action.option_strings}
+    for option, users in sorted(declared.items()):
+        flag = "--" + option.replace("_", "-")
+        if flag in taken:
+            continue
+        names = ", ".join(n for n, _ in users)
+        p.add_argument(
+            flag,
+            dest=SOURCE_FLAG_PREFIX + option,
+            default=None,
+            metavar="VALUE",
+            help=f"[{names}] {users[0][1]}",
+        )
+
+
+def source_params(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The source options given: ``--source-opt KEY=VALUE`` pairs, then the source flags."""
+    params = []
+    for item in args.source_opt:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--source-opt takes KEY=VALUE, not {item!r}")
+        params.append((key.strip().replace("-", "_"), value))
+    for dest, value in sorted(vars(args).items()):
+        if dest.startswith(SOURCE_FLAG_PREFIX) and value is not None:
+            params.append((dest[len(SOURCE_FLAG_PREFIX) :], value))
+    return params
+
+
 def _run(args: argparse.Namespace) -> int:
     from rag.collection import open_collection
+    from rag.source import pick_source
 
     settings = settings_from_args(args)
+    params = source_params(args)
+    if args.source is None:
+        args.source = pick_source(args.paths)
     as_json = wants_json(args)
     show = not (args.quiet or as_json) and sys.stderr.isatty()
     if args.watch and args.source != "filesystem":
         raise ConfigError("--watch follows files and folders: it needs --source filesystem")
+    if args.watch and params:
+        raise ConfigError("--watch takes no source options")
     with open_collection(settings, create=True) as col, model_notes(not (args.quiet or as_json)):
         if args.watch:
             from apps.cli.watch import watch
@@ -101,6 +165,7 @@ def _run(args: argparse.Namespace) -> int:
                 exclude=args.exclude,
                 cleanup=args.cleanup,
                 progress=bar,
+                params=params,
             )
         finally:
             if bar is not None:

@@ -14,6 +14,7 @@ Imported only when the server is built: ``mcp`` takes half a second to import, a
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -267,11 +268,13 @@ class CollectionTools:
         # One question at a time per collection: a local model answers one at a time, and
         # this keeps its generator from being loaded twice.
         with slot.lock:
+            search = functools.partial(self.service.search, ref)  # the batched search
             if router_for(col) is not None:
-                return col.ask(question, **retrieval)  # a routes file picks per question
+                # a routes file picks per question
+                return col.ask(question, search=search, **retrieval)
             if slot.generator is None:
                 slot.generator = load_generator(col.settings, embed=col.embedder.embed)
-            return col.ask(question, generator=slot.generator, **retrieval)
+            return col.ask(question, generator=slot.generator, search=search, **retrieval)
 
 
 class _Slot:

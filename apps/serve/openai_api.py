@@ -21,6 +21,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -261,7 +262,7 @@ async def chat_completions(body: ChatRequest, request: Request, caller: ReadCall
         ref = _resolve(service, caller, body.model)
         where = parse(body.where)
         col = service.collection(ref)
-        return _Asker(ref, col, generators.get(ref, col), where, body)
+        return _Asker(ref, col, generators.get(ref, col), where, body, service)
 
     asker = await run_in_threadpool(prepare)
     if not body.stream:
@@ -314,6 +315,7 @@ class _Asker:
     generator: Generator | None
     where: Filter | None
     body: ChatRequest
+    service: Service
 
     def ask(
         self, question: str, history: list[tuple[str, str]], on_token: Callable[[str], None] | None
@@ -328,6 +330,8 @@ class _Asker:
             history=history,
             generator=self.generator,
             on_token=on_token,
+            # Retrieval joins the concurrent searches' batches (Service.search).
+            search=functools.partial(self.service.search, self.ref),
         )
 
 
