@@ -23,8 +23,16 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from connectors.formats import PARSERS, parse
+from connectors.formats import (
+    DEFAULT_OPTIONS,
+    FORMAT_OPTIONS,
+    PARSERS,
+    FormatOptions,
+    format_options,
+    parse,
+)
 from rag.contract import check_metadata
 from rag.errors import ConfigError, IngestError, MetadataError, NothingToIndex
 from rag.source import SourceItem, SourceOptions
@@ -430,15 +438,20 @@ def _read_stable(path: Path) -> tuple[bytes, os.stat_result]:
     raise IngestError("changed while being read; run the ingest again")
 
 
-def load(ref: FileRef) -> list[Document]:
+def load(ref: FileRef, *, formats: FormatOptions = DEFAULT_OPTIONS) -> list[Document]:
     """Read and parse one file. Raises IngestError(reason) with a short reason a user can act on.
 
-    One Document per file, except PDFs: one per page with text. Every Document carries the
-    metadata ``source``, ``title``, ``file_type``, ``mtime``, ``content_hash`` (sha256 of the
-    bytes parsed) and ``size``; PDF pages add ``page`` and ``page_count``, text that was not
-    UTF-8 adds ``encoding``. ``format`` is "markdown" for Markdown and for the formats
-    converted to it (reStructuredText, HTML, DOCX), else "text". ``source`` is the path made
-    valid text by :func:`source_id`, and so is a title taken from the file name.
+    One Document per file, except for the formats that hold several (PDF pages, slides,
+    groups of spreadsheet rows, e-book chapters, JSON records; docs/formats.md lists them).
+    Every Document carries the metadata ``source``, ``title``, ``file_type``, ``mtime``,
+    ``content_hash`` (sha256 of the bytes parsed) and ``size``; PDF pages add ``page`` and
+    ``page_count``, text that was not UTF-8 adds ``encoding``, and each other format its
+    own keys (``slide``, ``sheet``, ``chapter``, ``line``, ``from``, ...). ``format`` is
+    "markdown" for Markdown and for the formats converted to it (reStructuredText, HTML,
+    DOCX, PPTX, EPUB, notebooks), else "text". ``source`` is the path made valid text by
+    :func:`source_id`, and so is a title taken from the file name.
+    ``formats`` are the user's choices for the formats that take some
+    (:class:`~connectors.formats.FormatOptions`).
     """
     path = Path(ref.path)
     suffix = path.suffix.lower()
@@ -447,7 +460,7 @@ def load(ref: FileRef) -> list[Document]:
     data, st = _read_stable(path)
     if not data:
         raise NothingToIndex("empty file")
-    parsed = parse(suffix, data, source_id(path.stem))
+    parsed = parse(suffix, data, source_id(path.stem), options=formats)
     source = source_id(str(path))
     common = {
         "source": source,
@@ -497,7 +510,13 @@ class FilesystemSource:
     """
 
     name = "filesystem"
-    description = "files and folders: text, Markdown, reST, HTML, PDF, DOCX, CSV"
+    description = (
+        "files and folders: text, Markdown, reST, HTML, PDF, DOCX, PPTX, XLSX, CSV, EPUB, "
+        "Jupyter notebooks, JSON, JSONL, e-mail (.eml)"
+    )
+    #: The format options (``--json-field``, ``--notebook-outputs``); see
+    #: :mod:`connectors.formats`.
+    options: ClassVar[dict[str, str]] = dict(FORMAT_OPTIONS)
 
     def __init__(self, options: SourceOptions) -> None:
         if not options.targets:
@@ -505,7 +524,8 @@ class FilesystemSource:
         for target in options.targets:
             if not os.path.lexists(os.path.expanduser(os.fspath(target))):
                 raise ConfigError(f"{source_id(os.fspath(target))}: no such file or directory")
-        self.options = options
+        self._options = options
+        self._formats = format_options(options)  # a bad value fails here, before any work
         self._filter = _Filter(options.include, options.exclude)  # bad patterns fail here
         real = [os.path.realpath(os.path.abspath(os.path.expanduser(t))) for t in options.targets]
         self._roots = [(root, source_id(root)) for root in real]
@@ -513,7 +533,7 @@ class FilesystemSource:
         self._paths: dict[str, str] = {}
 
     def scan(self) -> Iterator[SourceItem | Failure | Skipped]:
-        o = self.options
+        o = self._options
         self._paths = {}
         escaped: set[str] = set()  # ids with a "\\x" in them: where two names could meet
         for ref in walk(
@@ -542,7 +562,8 @@ class FilesystemSource:
             yield SourceItem(ident, ref.size, ref.mtime)
 
     def load(self, item: SourceItem) -> list[Document]:
-        return load(FileRef(Path(self._path(item.id)), item.size, item.mtime))
+        ref = FileRef(Path(self._path(item.id)), item.size, item.mtime)
+        return load(ref, formats=self._formats)
 
     def covers(self, source_id: str) -> bool:
         for root, shown in self._roots:

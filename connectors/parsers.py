@@ -4,11 +4,12 @@ Every parser takes the raw bytes and the file name stem (the fallback title) and
 a list of :class:`Parsed` (one per document: PDFs give one per page). Parsers raise
 :class:`~rag.errors.IngestError` for what they recognise as a bad file; anything else they
 raise is wrapped by :func:`connectors.formats.parse`, so callers only ever see
-``IngestError``. This module holds the text formats and what every parser shares; HTML,
-PDF and DOCX have their own modules.
+``IngestError``. This module holds the text formats and what every parser shares; the
+other formats have a module each (:mod:`connectors.formats` lists them).
 
-The heavy libraries (pypdf, python-docx, BeautifulSoup, charset-normalizer) are imported
-on first use, so importing the connector stays cheap.
+The heavy libraries (pypdf, python-docx, python-pptx, openpyxl, EbookLib, nbformat,
+BeautifulSoup, charset-normalizer) are imported on first use, so importing the connector
+stays cheap.
 """
 
 from __future__ import annotations
@@ -71,8 +72,13 @@ def normalize_text(text: str) -> str:
 
 
 def short_message(error: BaseException, limit: int = 120) -> str:
-    """The first line of an exception's message, shortened for a one-line report."""
-    lines = str(error).strip().splitlines()
+    """The first line of an exception's message, shortened for a one-line report (a
+    ``KeyError``'s message without the quotes ``str()`` gives it)."""
+    if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
+        text = error.args[0]
+    else:
+        text = str(error)
+    lines = text.strip().splitlines()
     message = lines[0].strip() if lines else ""
     if not message:
         return type(error).__name__

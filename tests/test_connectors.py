@@ -96,6 +96,13 @@ def test_constants_cover_the_documented_formats() -> None:
         ".pdf",
         ".docx",
         ".csv",
+        ".pptx",
+        ".xlsx",
+        ".epub",
+        ".ipynb",
+        ".json",
+        ".jsonl",
+        ".eml",
     } == SUPPORTED_SUFFIXES
     assert {".git", ".venv", "venv", "node_modules", "__pycache__", ".rag", ".tox"} <= IGNORED_DIRS
 

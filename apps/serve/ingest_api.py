@@ -116,7 +116,8 @@ _BODY = {
                             "contentMediaType": "application/octet-stream",
                         },
                         "description": "the files, one part each, named by their filename "
-                        "(.md, .txt, .pdf, .docx, .html, .rst, .csv)",
+                        "(any format rag ingest reads: .md, .txt, .pdf, .docx, .pptx, "
+                        ".xlsx, .html, .epub, .ipynb, .json, .jsonl, .eml, .rst, .csv)",
                     }
                 },
                 "additionalProperties": False,
