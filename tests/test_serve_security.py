@@ -329,6 +329,7 @@ OPERATIONS = [
     "POST /v1/collections/{name}/documents",
     "GET /healthz",
     "GET /readyz",
+    "GET /metrics",
 ]
 #: Examples per operation: enough to cross every branch of the request models, few enough
 #: for the whole run to take seconds.

@@ -21,20 +21,22 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from apps.serve import gateway
 from apps.serve.errors import ApiError
+from apps.serve.gateway import Caller
 from apps.serve.ingest_api import router as ingest_router
 from apps.serve.mcp_server import mount_mcp
+from apps.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from apps.serve.openai_api import SharedGenerators, router
 from apps.serve.openai_schema import ErrorResponse
 from apps.serve.service import Service, UnknownCollection
@@ -107,6 +109,9 @@ def create_app(
     app.include_router(router)
     app.include_router(ingest_router)
     _add_probes(app, service)
+    metrics = Metrics(service.batch_stats)
+    service.metrics = metrics
+    _add_metrics(app, metrics)
     # The MCP tools answer the same keys as the routes: a key without the read scope is
     # refused (401/403, in the API's error shape), one limited to some collections sees only
     # those. No default collection: a call names one unless there is only one it may use.
@@ -115,6 +120,8 @@ def create_app(
     # Keys, rate limits, body-size limits, the load-shedding queue and the timeout, in front
     # of every route (the MCP one included) but the health probes.
     gateway.install(app, gateway_config, keys)
+    # Outermost: it counts what the gateway refuses too, and times streams to their end.
+    app.add_middleware(MetricsMiddleware, metrics=metrics, skip=("/metrics",))
     return app
 
 
@@ -174,6 +181,20 @@ def _add_probes(app: FastAPI, service: Service) -> None:
                 code="not_ready",
             ) from e
         return Ready(status="ready", collections=count)
+
+
+def _add_metrics(app: FastAPI, metrics: Metrics) -> None:
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=PlainTextResponse,
+        responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus metrics"}},
+    )
+    async def prometheus(
+        caller: Annotated[Caller, Depends(gateway.authenticate("read"))],
+    ) -> Response:
+        """Prometheus metrics in the text exposition format (see apps/serve/metrics.py)."""
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
 
 # --- errors ------------------------------------------------------------------------------------

@@ -320,6 +320,21 @@ class _Asker:
     def ask(
         self, question: str, history: list[tuple[str, str]], on_token: Callable[[str], None] | None
     ) -> Answer:
+        metrics = self.service.metrics
+        try:
+            answer = self._ask(question, history, on_token)
+        except Exception as e:
+            if metrics is not None and not isinstance(e, _Abandoned):
+                metrics.outcome(self.ref.id, "chat", e)
+            raise
+        if metrics is not None:
+            metrics.answer(self.ref.id, answer.timings)
+            metrics.outcome(self.ref.id, "chat", None)
+        return answer
+
+    def _ask(
+        self, question: str, history: list[tuple[str, str]], on_token: Callable[[str], None] | None
+    ) -> Answer:
         b = self.body
         return self.collection.ask(
             question,

@@ -10,6 +10,7 @@ Both faces use it: the HTTP API (:mod:`apps.serve.app`) and the MCP tools. Its
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from rag.filters import Filter, parse
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from apps.serve.metrics import Metrics
     from rag.collection import Collection
     from rag.config import Settings
     from rag.types import Hit
@@ -63,6 +65,8 @@ class Service:
         self._batchers: dict[tuple[str, str], SearchBatcher] = {}
         self._closed_stats: dict[str, dict[str, object]] = {}
         self._refs: tuple[tuple[object, ...], list[CollectionRef]] | None = None
+        #: Where searches and answers are counted and timed (set by the app).
+        self.metrics: Metrics | None = None
 
     def refs(self) -> list[CollectionRef]:
         """The collections now in the data directory: read again whenever a collection's
@@ -150,6 +154,28 @@ class Service:
         """``Collection.search`` on ``ref``'s collection, with the same answer: a dense
         search without MMR or a re-ranker goes through the collection's batcher when
         batching is on; any other search runs on its own."""
+        started = time.perf_counter()
+        try:
+            hits = self._search(ref, query, k=k, where=where, mode=mode, mmr=mmr)
+        except Exception as e:
+            if self.metrics is not None:
+                self.metrics.outcome(ref.id, "search", e)
+            raise
+        if self.metrics is not None:
+            self.metrics.stage(ref.id, "search", time.perf_counter() - started)
+            self.metrics.outcome(ref.id, "search", None)
+        return hits
+
+    def _search(
+        self,
+        ref: CollectionRef,
+        query: str,
+        *,
+        k: int | None,
+        where: Filter | Mapping[str, object] | str | None,
+        mode: str | None,
+        mmr: bool,
+    ) -> list[Hit]:
         col = self.collection(ref)
         k = k or col.settings.k
         mode = mode or col.settings.mode
