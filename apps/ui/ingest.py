@@ -1,5 +1,5 @@
-"""The ingest page: upload files or name a folder on the server, watch the progress, see
-what failed and why, and the collection's numbers.
+"""The ingest page: upload files, name a folder on the server, a web address or a git
+repository; watch the progress, see what failed and why, and the collection's numbers.
 
 Run as a page by ``apps/ui/app.py`` (``st.navigation``); the helpers are importable.
 """
@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import streamlit as st
 
@@ -31,19 +32,25 @@ def supported_suffixes() -> list[str]:
 
 def run_ingest(
     col: Collection,
-    paths: Sequence[Path],
+    paths: Sequence[Path | str],
     on_progress: Callable[[Any], None] | None = None,
+    *,
+    source: str = "filesystem",
+    params: Mapping[str, str] | None = None,
 ) -> Any:
-    """``col.ingest(paths)`` in a worker thread, calling ``on_progress`` with the latest
-    :class:`rag.indexing.Progress` from this (the script's) thread, where Streamlit
-    elements may be updated; returns the :class:`~rag.indexing.IngestReport`."""
+    """``col.ingest(paths, source=source, params=params)`` in a worker thread, calling
+    ``on_progress`` with the latest :class:`rag.indexing.Progress` from this (the script's)
+    thread, where Streamlit elements may be updated; returns the
+    :class:`~rag.indexing.IngestReport`."""
     latest: list[Any] = []
     outcome: dict[str, Any] = {}
     done = threading.Event()
 
     def work() -> None:
         try:
-            outcome["report"] = col.ingest(list(paths), progress=latest.append)
+            outcome["report"] = col.ingest(
+                list(paths), source=source, params=dict(params or {}), progress=latest.append
+            )
         except BaseException as e:  # re-raised in the script's thread
             outcome["error"] = e
         finally:
@@ -78,11 +85,19 @@ def _progress_bar() -> Callable[[Any], None]:
     return update
 
 
-def ingest_into(choice: state.Choice, paths: list[Path], label: str) -> None:
-    """Ingest ``paths`` with a progress bar and keep the outcome for the page to show."""
+def ingest_into(
+    choice: state.Choice,
+    paths: Sequence[Path | str],
+    label: str,
+    *,
+    source: str = "filesystem",
+    params: Mapping[str, str] | None = None,
+) -> None:
+    """Ingest ``paths`` (read by the source plugin ``source`` with its ``params``) with a
+    progress bar, and keep the outcome for the page to show."""
     settings = state.settings_for(choice)
     col = state.collection(settings)
-    report = run_ingest(col, paths, _progress_bar())
+    report = run_ingest(col, paths, _progress_bar(), source=source, params=params)
     outcome = report.to_json()
     outcome["label"] = label
     outcome["collection"] = choice.collection
@@ -105,6 +120,90 @@ def save_and_ingest(choice: state.Choice, files: Sequence[Any]) -> SaveResult:
     if result.saved:
         ingest_into(choice, [folder], f"{len(result.saved)} uploaded file(s)")
     return result
+
+
+def source_choices(name: str) -> tuple[dict[str, str] | None, str]:
+    """The options the source plugin ``name`` declares (option -> help), or ``None`` and
+    why it cannot be used (not installed, cannot be loaded)."""
+    from rag import plugins
+    from rag.source import source_options
+
+    try:
+        cls = plugins.load("sources", name)
+    except Exception as e:  # a missing extra names its install command
+        return None, str(e)
+    return dict(source_options(cls)), ""
+
+
+def web_address_problem(url: str) -> str | None:
+    """Why ``url`` is not an address the web source reads, or ``None``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"{url} is not a web address: write it with http:// or https://"
+    return None
+
+
+def git_target(repo: str, ref: str = "") -> str:
+    """The git source's target for a repository (a path on the server or a clone URL) and
+    a branch, tag or commit (empty: the repository's HEAD)."""
+    repo, ref = repo.strip(), ref.strip()
+    target = repo if repo.startswith("git+") else f"git+{repo}"
+    return f"{target}@{ref}" if ref else target
+
+
+def _option_label(name: str) -> str:
+    return name.replace("_", " ").capitalize()
+
+
+def web_tab(choice: state.Choice) -> None:
+    url = st.text_input(
+        "Web address",
+        key="web_url",
+        placeholder="https://docs.example.com/",
+        help="Pages are fetched from the server; unchanged pages cost nothing next time.",
+    ).strip()
+    declared, problem = source_choices("web")
+    if declared is None:
+        st.warning(
+            f"Web pages cannot be ingested here: {state.md_text(problem)}",
+            icon=":material/warning:",
+        )
+        return
+    params: dict[str, str] = {}
+    if declared:
+        columns = st.columns(min(3, len(declared)))
+        for i, (name, text) in enumerate(declared.items()):
+            with columns[i % len(columns)]:
+                value = st.text_input(
+                    _option_label(name), key=f"web_opt_{name}", help=text, placeholder="default"
+                ).strip()
+            if value:
+                params[name] = value
+    if st.button("Ingest web pages", type="primary", disabled=not url, key="ingest_web"):
+        bad = web_address_problem(url)
+        if bad:
+            st.error(state.md_text(bad), icon=":material/error:")
+            return
+        with state.errors_shown("ingesting the web pages"):
+            ingest_into(choice, [url], state.md_text(url), source="web", params=params)
+
+
+def git_tab(choice: state.Choice) -> None:
+    repo = st.text_input(
+        "Repository",
+        key="git_repo",
+        placeholder="/path/to/repo or https://host/owner/repo.git",
+        help="A repository on the server, or a URL git can clone there (the clone is kept "
+        "with the collection and fetched on each ingest). The files tracked at the ref are "
+        "read, never the working tree.",
+    ).strip()
+    ref = st.text_input(
+        "Branch, tag or commit", key="git_ref", placeholder="HEAD", help="Empty: HEAD"
+    ).strip()
+    if st.button("Ingest repository", type="primary", disabled=not repo, key="ingest_git"):
+        target = git_target(repo, ref)
+        with state.errors_shown("ingesting the repository"):
+            ingest_into(choice, [target], state.md_text(target), source="git")
 
 
 def show_stats(col: Collection) -> None:
@@ -220,7 +319,9 @@ def render() -> None:
     show_outcome(state.base_settings().data_dir)
     limit = state.max_upload_bytes()
     suffixes = supported_suffixes()
-    up, folder_tab = st.tabs(["Upload files", "Folder on the server"])
+    up, folder_tab, web, git = st.tabs(
+        ["Upload files", "Folder on the server", "Web address", "Git repository"]
+    )
     with up:
         files = st.file_uploader(
             "Files to add",
@@ -252,6 +353,10 @@ def render() -> None:
             else:
                 with state.errors_shown("ingesting the folder"):
                     ingest_into(choice, [target.resolve()], state.md_text(str(target)))
+    with web:
+        web_tab(choice)
+    with git:
+        git_tab(choice)
 
 
 if __name__ == "__main__":
