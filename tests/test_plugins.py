@@ -42,7 +42,7 @@ def registry_over(*folders: Path) -> plugins.Registry:
 def test_builtins_are_declared_as_entry_points_like_any_plugin() -> None:
     reg = plugins.registry()
     assert reg.names("stores") == ["chroma", "faiss", "pgvector", "qdrant"]
-    assert reg.names("sources") == ["filesystem"]
+    assert reg.names("sources") == ["filesystem", "git", "sql", "web"]
     assert set(reg.names("generators")) == {"local", "openai", "extractive"}
     assert {"torch", "onnx", "onnx-int8", "hashing"} <= set(reg.names("embedders"))
     assert {"ingest", "search", "ask", "ui", "eval", "bench", "plugins"} <= set(
