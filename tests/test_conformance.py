@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,8 @@ import pytest
 from rag import plugins
 from rag.filters import evaluate, parse
 from rag.store import StoreConfig, search_many
+from tests.store_support import SESSION_SERVERS  # noqa: F401  (tests/test_fuzz_filters.py uses it)
+from tests.store_support import missing as _missing
 from vectorstores.conformance import *  # noqa: F403  (the contract's tests)
 from vectorstores.conformance import DIM, StoreEnv, dataset
 from vectorstores.conformance_guards import *  # noqa: F403  (the contract on hostile input)
@@ -48,64 +50,16 @@ def _params() -> list[tuple[str, str, dict[str, object]]]:
 
 
 PARAMS = _params()
-
-
-def _embedded_postgres(root: Path) -> Callable[[], None]:
-    """Start the embedded PostgreSQL for the session; returns its release."""
-    from vectorstores.pgserver import acquire
-
-    server = acquire(root)
-    return server.stop
-
-
-#: Servers started once per session for a store (when it is installed), so that each test's
-#: close() does not release the last handle and the next test start it again:
-#: ``{store: start(data_dir) -> release}``.
-SESSION_SERVERS: dict[str, Callable[[Path], Callable[[], None]]] = {
-    "pgvector": _embedded_postgres,
-}
-
-
-@pytest.fixture(scope="session")
-def store_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # One folder for the whole session, so that an embedded server starts once; each test
-    # uses its own collection.
-    return tmp_path_factory.mktemp("stores")
-
-
-@pytest.fixture(scope="session")
-def session_servers(store_root: Path) -> Iterator[dict[str, Callable[[], None]]]:
-    """Releases of the servers started so far, by store; started on first use."""
-    started: dict[str, Callable[[], None]] = {}
-    try:
-        yield started
-    finally:
-        for release in started.values():
-            release()
-
-
-def _missing(store: str) -> str | None:
-    plugin = plugins.get("stores", store)
-    missing = plugin.missing()
-    if not missing:
-        return None
-    return f"{store}: {missing[0]} is not installed ({plugin.install_hint})"
+#: The fixtures store_root and session_servers, shared with the other modules that use them.
+pytest_plugins = ["tests.store_support"]
 
 
 @pytest.fixture(params=PARAMS, ids=[p[0] for p in PARAMS])
 def store_env(
-    request: pytest.FixtureRequest,
-    store_root: Path,
-    session_servers: dict[str, Callable[[], None]],
+    request: pytest.FixtureRequest, store_root: Path, store_ready: Callable[[str], Path]
 ) -> StoreEnv:
     variant, store, options = request.param
-    missing = _missing(store)
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing}, and CI must run every store")
-        pytest.skip(missing)
-    if store in SESSION_SERVERS and store not in session_servers:
-        session_servers[store] = SESSION_SERVERS[store](store_root / store)
+    store_ready(store)
     return StoreEnv(store, StoreConfig(store_root / variant, options=options))
 
 
