@@ -19,6 +19,7 @@ import fcntl
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from rag.embeddings import Embedder
     from rag.generation import Generator
     from rag.indexing import IngestReport, ProgressCallback
+    from rag.monitoring import QueryEvent, QueryLog
     from rag.retrieval import Retriever
 
 __all__ = [
@@ -94,6 +96,8 @@ class Collection:
         self._embedder: Embedder | None = None
         self._records: RecordStore | None = None
         self._retriever: Retriever | None = None
+        self._querylog: QueryLog | None = None
+        self._querylog_tried = False
 
     # --- identity and checks -------------------------------------------------------------
 
@@ -256,6 +260,7 @@ class Collection:
                 cache.close()
             if report.chunks or report.deleted:
                 self._refresh_bm25()
+                self._monitor_ingest()
             report.model_seconds = model_seconds
             report.seconds = time.perf_counter() - started
             manifest.last_ingest = {
@@ -384,6 +389,24 @@ class Collection:
         if (self.path / "bm25").exists() or self.store.count() <= 200_000:
             self.retriever.rebuild_bm25()
 
+    def _monitor_ingest(self) -> None:
+        """The corpus reference for drift (:mod:`rag.monitoring.drift`), taken at the first
+        ingest that changes the collection; at later ones, the corpus drift against it."""
+        from rag.monitoring import build_reference, record_corpus_drift
+
+        log = self.querylog
+        if log is None:
+            return
+        try:
+            if log.reference() is None:
+                ref = build_reference(self.store, self.embedder.embed, embed_model=self.embed_model)
+                if ref is not None:
+                    log.save_reference(ref)
+            else:
+                record_corpus_drift(log, self.store)
+        except (sqlite3.Error, OSError) as e:  # the ingest itself is done and saved
+            logger.warning("collection %r: no monitoring reference taken (%s)", self.name, e)
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """The collection's write lock; a second writer gets :class:`LockedError` at once."""
@@ -411,6 +434,36 @@ class Collection:
 
     # --- questions -----------------------------------------------------------------------
 
+    @property
+    def querylog(self) -> QueryLog | None:
+        """The collection's query log (:mod:`rag.monitoring`): ``None`` before the first
+        ingest and where the data directory is read-only (nothing is logged there)."""
+        if not self._querylog_tried and self.manifest is not None:
+            self._querylog_tried = True
+            if not folder_writable(self.path):
+                return None
+            from rag.monitoring import FILE_NAME, open_query_log
+
+            try:
+                self._querylog = open_query_log(
+                    self.path / FILE_NAME, policy=self.settings.log_queries
+                )
+            except (sqlite3.Error, OSError) as e:
+                logger.warning("collection %r: queries are not logged (%s)", self.name, e)
+        return self._querylog
+
+    def _log(self, event: QueryEvent) -> None:
+        log = self.querylog
+        if log is not None:
+            log.record(event)
+
+    def _score_kind(self, mode: str) -> str:
+        from rag.monitoring import score_kind
+
+        return score_kind(
+            mode, fusion=self.settings.fusion, reranked=bool(self.settings.rerank_model)
+        )
+
     def search(
         self,
         query: str,
@@ -420,14 +473,51 @@ class Collection:
         mode: str | None = None,
         mmr: bool = False,
     ) -> list[Hit]:
-        """The ``k`` best passages for ``query`` (see :mod:`rag.retrieval` for the modes)."""
-        return self.retriever.search(
-            query,
-            k=k or self.settings.k,
-            where=parse(where),
-            mode=mode or self.settings.mode,
-            mmr=mmr,
-        )
+        """The ``k`` best passages for ``query`` (see :mod:`rag.retrieval` for the modes).
+        Each call leaves one event in the query log (:mod:`rag.monitoring`); inside
+        :meth:`ask`, the answer's event is the one."""
+        from rag.monitoring.events import error_event, note_search, search_event
+
+        k, mode = k or self.settings.k, mode or self.settings.mode
+        stages: dict[str, float] = {}
+        try:
+            hits, vector = self._search(query, k=k, where=where, mode=mode, mmr=mmr, stages=stages)
+        except Exception as e:
+            if not note_search(stages=stages):
+                self._log(error_event("search", e, mode=mode, k=k, stages=stages, query=query))
+            raise
+        inner = {s: v for s, v in stages.items() if s != "total"}
+        if not note_search(vector=vector, stages=inner):
+            kind = self._score_kind(mode)
+            self._log(
+                search_event(
+                    hits, mode=mode, k=k, kind=kind, stages=stages, query=query, vector=vector
+                )
+            )
+        return hits
+
+    def _search(
+        self,
+        query: str,
+        *,
+        k: int,
+        where: Filter | dict | str | None,
+        mode: str,
+        mmr: bool,
+        stages: dict[str, float],
+    ) -> tuple[list[Hit], np.ndarray | None]:
+        """The hits and the query's vector (``None`` in bm25 mode); ``stages`` gets the
+        seconds spent embedding and searching (loading the model is not counted)."""
+        flt = parse(where)
+        retriever = self.retriever
+        t0 = time.perf_counter()
+        vector = retriever.embedder.embed_query(query) if mode != "bm25" else None
+        t1 = time.perf_counter()
+        stages["embed"] = t1 - t0
+        hits = retriever.search(query, k=k, where=flt, mode=mode, mmr=mmr, vector=vector)
+        t2 = time.perf_counter()
+        stages.update(search=t2 - t1, total=t2 - t0)
+        return hits, vector
 
     def ask(
         self,
@@ -445,12 +535,52 @@ class Collection:
         """Retrieve passages for ``question`` and answer from them, citing them as [n].
 
         ``search`` stands in for :meth:`search` (called with the query and the same keyword
-        arguments: ``k``, ``where``, ``mode``, ``mmr``), for a server that batches searches.
+        arguments: ``k``, ``where``, ``mode``, ``mmr``), for a server that batches searches;
+        it may hand the query's vector and its stage latencies to the answer's query-log
+        event with :func:`rag.monitoring.note_search`. Each call leaves one event in the
+        query log, the search's included.
 
         Without a ``generator``, a routes file (:mod:`rag.routing`) chooses one from the
         question and the passages, after retrieval and before anything is sent; it may
         refuse (``RouteRefused``). A generator that is not local is not given ``history``
         (earlier answers may quote private passages)."""
+        from rag.monitoring.events import answer_event, capturing, error_event
+
+        used_k, used_mode = k or self.settings.k, mode or self.settings.mode
+        with capturing() as seen:
+            started = time.perf_counter()
+            try:
+                result = self._ask(
+                    question, k, where, mode, mmr, history, generator, on_token, search
+                )
+            except Exception as e:
+                stages = {**seen.get("stages", {}), "total": time.perf_counter() - started}
+                self._log(
+                    error_event("ask", e, mode=used_mode, k=used_k, stages=stages, query=question)
+                )
+                raise
+        # The work of the answer; loading a generator or a model is not counted.
+        work = sum(result.timings.get(s, 0.0) for s in ("rewrite", "retrieve", "generate"))
+        stages = {**seen.get("stages", {}), "total": work}
+        kind = self._score_kind(used_mode)
+        event = answer_event(
+            result, mode=used_mode, k=used_k, kind=kind, stages=stages, vector=seen.get("vector")
+        )
+        self._log(event)
+        return result
+
+    def _ask(
+        self,
+        question: str,
+        k: int | None,
+        where: Filter | dict | str | None,
+        mode: str | None,
+        mmr: bool,
+        history: Sequence[tuple[str, str]],
+        generator: Generator | None,
+        on_token: Callable[[str], None] | None,
+        search: Callable[..., list[Hit]] | None,
+    ) -> Answer:
         from rag.generation import answer, load_generator
         from rag.routing import router_for
 
@@ -512,7 +642,10 @@ class Collection:
             self._store.close()
         if self._records is not None:
             self._records.close()
+        if self._querylog is not None:
+            self._querylog.flush()  # shared by the process: written, not closed
         self._store = self._records = self._retriever = None
+        self._querylog, self._querylog_tried = None, False
 
     def __enter__(self) -> Collection:
         return self

@@ -69,6 +69,7 @@ SETTINGS_OPTIONS: dict[str, str] = {
     "store": "store",
     "store_url": "store_url",
     "store_opt": "store_options",
+    "log_queries": "log_queries",
     "k": "k",
     "mode": "mode",
     "mmr_lambda": "mmr_lambda",
@@ -226,6 +227,22 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="choose the generator per question by the rules in this TOML file (RAG_ROUTES; "
         "default: <data dir>/routes.toml when it exists; see docs/routing.md)",
+    )
+
+
+def add_log_queries_option(parser: argparse.ArgumentParser) -> None:
+    """--log-queries: what the collection's query log keeps of each question, saved with the
+    collection (:mod:`rag.monitoring.querylog`); a :data:`SETTINGS_OPTIONS` entry, so
+    :func:`settings_from_args` carries it into ``Settings.log_queries``."""
+    from rag.config import LOG_QUERIES
+
+    parser.add_argument(
+        "--log-queries",
+        choices=LOG_QUERIES,
+        default=None,
+        help="what the query log keeps of each question, saved with the collection: none "
+        "(default: timings and scores only), vector (and its embedding), text (and the "
+        "question), off (no log); RAG_LOG_QUERIES",
     )
 
 

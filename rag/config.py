@@ -8,6 +8,7 @@ Environment variables: ``RAG_DATA_DIR``, ``RAG_COLLECTION``, ``RAG_STORE``,
 ``RAG_EMBED_BACKEND``, ``RAG_CHUNK_SIZE``, ``RAG_CHUNK_OVERLAP``, ``RAG_K``, ``RAG_MODE``,
 ``RAG_GENERATOR``, ``RAG_LLM_MODEL``, ``RAG_LOCAL_MODEL``, ``RAG_MAX_FILE_MB``,
 ``RAG_LLM_THREADS``, ``RAG_ROUTES`` (a generator routes file, :mod:`rag.routing`),
+``RAG_LOG_QUERIES`` (what the query log keeps of a question, :mod:`rag.monitoring`),
 ``RAG_MODELS_DIR`` (where exported ONNX models are cached; default
 the user's cache folder, :func:`models_dir`); and the ``openai`` package's own
 ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``.
@@ -35,6 +36,10 @@ FALLBACK_EMBED_BACKEND = "torch"
 DEFAULT_CHUNK_SIZE = 200
 DEFAULT_CHUNK_OVERLAP = 32
 RETRIEVAL_MODES = ("dense", "bm25", "hybrid")
+#: What a collection's query log keeps of each question (:mod:`rag.monitoring.querylog`):
+#: its numbers only (none, the default), and its embedding (vector), and its text (text);
+#: off logs nothing.
+LOG_QUERIES = ("none", "vector", "text", "off")
 
 
 def default_embed_backend(model: str | None) -> str:
@@ -132,6 +137,7 @@ _ENV: dict[str, str] = {
     "rerank_model": "RAG_RERANK_MODEL",
     "llm_threads": "RAG_LLM_THREADS",
     "routes": "RAG_ROUTES",
+    "log_queries": "RAG_LOG_QUERIES",
 }
 
 
@@ -182,6 +188,9 @@ class Settings:
     routes: Path | None = None
     #: Files larger than this are reported and skipped.
     max_file_mb: float = 50.0
+    #: What the collection's query log keeps of each question (:data:`LOG_QUERIES`). Given,
+    #: it is saved with the collection; ``None``: the collection's saved choice, else none.
+    log_queries: str | None = None
 
     def __post_init__(self) -> None:
         if not str(self.data_dir).strip():
@@ -217,6 +226,10 @@ class Settings:
         for name in ("fusion_weight", "mmr_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.log_queries is not None and self.log_queries not in LOG_QUERIES:
+            raise ConfigError(
+                f"unknown query logging {self.log_queries!r}; choose from {', '.join(LOG_QUERIES)}"
+            )
         if not (math.isfinite(self.max_file_mb) and self.max_file_mb > 0):
             raise ConfigError(
                 f"the file size limit must be a positive number of MB, got {self.max_file_mb}"

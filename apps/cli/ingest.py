@@ -16,6 +16,7 @@ from rag.commands import (
     Command,
     add_collection_options,
     add_embedding_options,
+    add_log_queries_option,
     display_path,
     emit,
     printable,
@@ -71,6 +72,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
         "--chunk-overlap", type=int, default=None, help="tokens shared by neighbours (default 32)"
     )
     add_embedding_options(p)
+    add_log_queries_option(p)
     p.add_argument("--max-file-mb", type=float, default=None, help="skip larger files (default 50)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument(

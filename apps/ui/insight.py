@@ -1,5 +1,7 @@
-"""The insight page: how fast this conversation's answers came, and the latest results of
-``rag eval`` and ``rag bench`` with their plots, when they exist.
+"""The insight page: how fast this conversation's answers came, the latest results of
+``rag eval`` and ``rag bench`` with their plots, when they exist, and the monitoring of the
+collection in use (``rag monitor``'s signals; latency and drift PSI over time, with the 0.1
+and 0.2 bands; the out-of-coverage questions when the collection logs their text).
 
 Results are looked for in the data directory, where ``rag eval`` and ``rag bench`` write
 by default (``<data dir>/eval-results/*.json``, ``<data dir>/bench/runs/*/report.md``), and
@@ -24,6 +26,9 @@ from apps.ui import state
 
 _IMAGE = re.compile(r"^\s*!\[([^\]]*)\]\(([^)\s]+\.png)\)\s*$", re.IGNORECASE)
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
+WINDOWS = ("1d", "1h", "7d", "all")
+#: The PSI bands drawn under the drift plot: no change, watch, shift.
+PSI_BANDS = ((0.0, 0.1, "no change"), (0.1, 0.2, "watch"), (0.2, None, "shift"))
 
 
 def roots() -> list[Path]:
@@ -213,6 +218,166 @@ def show_bench(reports: list[Path]) -> set[Path]:
         return render_markdown_with_images(pick)
 
 
+def monitoring_data(window: str) -> dict[str, Any] | None:
+    """The collection in use's report and timeline over ``window`` (``None`` before its
+    first ingest)."""
+    from rag.monitoring import (
+        FILE_NAME,
+        Window,
+        build_report,
+        current_query_reference,
+        open_query_log,
+        timeline,
+    )
+
+    col = state.collection(state.settings_for(state.current_choice()))
+    if not col.exists:
+        return None
+    log = col.querylog or open_query_log(col.path / FILE_NAME)
+    win = Window.parse(window)
+    report = build_report(log, collection=col.name, window=win)
+    ref = log.reference()
+    qref, _ = current_query_reference(log, ref, _thresholds().reference_queries)
+    events = win.events(log)
+    group = max(_thresholds().min_queries, len(events) // 40)
+    return {
+        "report": report,
+        "events": events,
+        "timeline": timeline(events, ref, qref, group=group),
+        "group": group,
+    }
+
+
+def _thresholds() -> Any:
+    from rag.monitoring import Thresholds
+
+    return Thresholds()
+
+
+def latency_rows(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each call's total latency in ms, by time and operation (for the latency plot)."""
+    return [
+        {
+            "time": iso_time(e["ts"]),
+            "op": e["op"],
+            "ms": round(e["total"] * 1e3, 3),
+        }
+        for e in events
+        if e["total"] is not None and not e["error"]
+    ]
+
+
+def iso_time(ts: float) -> str:
+    """A time as ISO 8601 with milliseconds, local time (Vega-Lite reads it as such)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
+
+
+def latency_chart(rows: list[dict[str, Any]]) -> Any:
+    import altair as alt
+
+    return (
+        alt.Chart(alt.Data(values=rows))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("time:T", title="time", axis=alt.Axis(format="%H:%M:%S")),
+            y=alt.Y("ms:Q", title="latency, ms (whole call)"),
+            color=alt.Color("op:N", title="call"),
+        )
+    )
+
+
+def psi_chart(rows: list[dict[str, Any]]) -> Any:
+    """PSI over time (topics and scores) over the 0-0.1, 0.1-0.2 and 0.2+ bands, on a
+    symmetric-log scale: the bands stay readable next to a PSI of 5."""
+    import altair as alt
+
+    top = max([0.3] + [r["psi"] * 1.1 for r in rows])
+    bands = [
+        {"from": lo, "to": top if hi is None else hi, "band": name} for lo, hi, name in PSI_BANDS
+    ]
+    colors = alt.Scale(
+        domain=[b[2] for b in PSI_BANDS], range=["#2e7d3233", "#f9a82540", "#c6282840"]
+    )
+    band = (
+        alt.Chart(alt.Data(values=bands))
+        .mark_rect()
+        .encode(
+            y=alt.Y(
+                "from:Q",
+                title="PSI (symlog scale)",
+                scale=alt.Scale(type="symlog", constant=0.1, domain=[0, top]),
+            ),
+            y2="to:Q",
+            color=alt.Color("band:N", scale=colors, title="band"),
+        )
+    )
+    line = (
+        alt.Chart(alt.Data(values=rows))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("time:T", title="time", axis=alt.Axis(format="%H:%M:%S")),
+            y=alt.Y("psi:Q"),
+            strokeDash=alt.StrokeDash("signal:N", title="drift"),
+        )
+    )
+    return alt.layer(band, line).resolve_scale(color="independent")
+
+
+def show_monitoring() -> None:
+    st.header("Monitoring (`rag monitor`)")
+    window = st.selectbox("Window", WINDOWS, key="monitor_window")
+    data = monitoring_data(window)
+    if data is None:
+        st.caption("Nothing to monitor yet: the collection is empty.")
+        return
+    report = data["report"]
+    st.markdown(
+        f"**{report.collection}: {report.state}** · {report.queries} queries ({report.window}) "
+        f"· baseline: {report.baseline} · query logging: `{report.policy}`"
+    )
+    st.dataframe(
+        [{"signal": s.name, "state": s.state, "why": s.why} for s in report.signals],
+        hide_index=True,
+    )
+    rows = latency_rows(data["events"])
+    st.subheader("Latency over time")
+    if rows:
+        st.altair_chart(latency_chart(rows), width="stretch")
+    else:
+        st.caption("No queries in the window yet.")
+    st.subheader("Drift over time")
+    psi_rows = [
+        {"time": iso_time(r["ts"]), "psi": round(r[key], 4), "signal": name}
+        for r in data["timeline"]
+        for key, name in (("psi_topics", "topics"), ("psi_scores", "top-1 scores"))
+        if r[key] is not None
+    ]
+    if psi_rows:
+        st.altair_chart(psi_chart(psi_rows), width="stretch")
+        st.caption(
+            f"PSI of each run of {data['group']} queries against the query reference; "
+            "under 0.1 no change, 0.1 to 0.2 watch, over 0.2 a shift."
+        )
+    else:
+        st.caption(f"No drift yet: that needs a query reference and {data['group']} queries.")
+    st.subheader("Out of coverage")
+    if report.policy != "text":
+        st.caption(
+            "The questions are not logged (`--log-queries text` keeps them): "
+            f"{report.signal('out_of_coverage').why}."
+        )
+    elif report.out_of_coverage:
+        st.dataframe(
+            [
+                {"time": iso_time(q["ts"]), "score": round(q["score"], 3), "question": q["query"]}
+                for q in report.out_of_coverage
+            ],
+            hide_index=True,
+        )
+    else:
+        st.caption("No question in the window scored under the corpus's low-score threshold.")
+
+
 def render() -> None:
     st.title("Insight")
     st.caption("How fast answers come, and how well retrieval and the stores measure up.")
@@ -235,6 +400,8 @@ def render() -> None:
             st.header("Other plots")
             for p in plots:
                 st.image(str(p), caption=_rel(p))
+    with state.errors_shown("reading the query log"):
+        show_monitoring()
 
 
 if __name__ == "__main__":
