@@ -133,3 +133,34 @@ def test_with_keys_metrics_need_a_read_key(tmp_path: Path, data_dir: Path) -> No
         m = scrape(client, headers={"Authorization": f"Bearer {token}"})
         assert value(m, "ragkit_http_requests_total", route="/v1/models", status="401") == 1
         assert token not in str(m)
+
+
+def test_served_searches_and_answers_reach_the_query_log(tmp_path: Path) -> None:
+    """The batched search path bypasses Collection.search: it logs its own event, with the
+    query's vector for drift; a chat logs one event (the answer's), its search included."""
+    from rag.monitoring import FILE_NAME, open_query_log
+
+    with open_collection(settings(tmp_path, log_queries="text"), create=True) as col:
+        col.ingest([ROOT / "data"])
+        log_file = col.path / FILE_NAME
+    app = create_app(settings(tmp_path), gateway_config=GatewayConfig(rate_per_minute=None))
+    with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for q in ("default chunk size", "which vector stores"):
+            r = client.post("/v1/search", json={"model": MODEL, "query": q, "k": 3})
+            assert r.status_code == 200
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "What is a chunk?"}]}
+        assert client.post("/v1/chat/completions", json=chat).status_code == 200
+        stats = app.state.service.batch_stats()["faiss/default"]
+        assert stats["requests"] == 3  # all three went through the batcher
+        app.state.service.collection(app.state.service.resolve("default")).querylog.flush()
+    events = open_query_log(log_file).events()
+    assert [(e["op"], e["query"]) for e in events] == [
+        ("search", "default chunk size"),
+        ("search", "which vector stores"),
+        ("ask", "What is a chunk?"),
+    ]
+    for e in events:
+        assert e["error"] == "" and e["hits"] > 0 and e["top_score"] is not None
+        assert e["vector"] is not None  # the batched vector reached the log
+        assert e["search"] > 0  # the stage's seconds
+    assert events[2]["citations"] is not None and events[2]["generate"] is not None

@@ -255,7 +255,7 @@ class SearchBatcher:
         self.config = config
         self.name = name
         self._together = config.embed_together
-        self._batcher: MicroBatcher[DenseSearch, list[Hit]] = MicroBatcher(
+        self._batcher: MicroBatcher[DenseSearch, tuple[list[Hit], np.ndarray]] = MicroBatcher(
             self._search,
             max_batch=config.max_batch,
             max_wait_ms=config.max_wait_ms,
@@ -265,6 +265,12 @@ class SearchBatcher:
 
     def search(self, query: str, *, k: int, where: Filter | None = None) -> list[Hit]:
         """The ``k`` best passages for ``query``, with the companions it finds waiting."""
+        return self._batcher(DenseSearch(query, k, where))[0]
+
+    def search_vector(
+        self, query: str, *, k: int, where: Filter | None = None
+    ) -> tuple[list[Hit], np.ndarray]:
+        """:meth:`search`'s hits and the query's vector (for the query log's drift)."""
         return self._batcher(DenseSearch(query, k, where))
 
     def stats(self) -> dict[str, Any]:
@@ -275,7 +281,9 @@ class SearchBatcher:
 
     # --- one batch ---------------------------------------------------------------------------
 
-    def _search(self, requests: list[DenseSearch]) -> list[list[Hit] | Exception]:
+    def _search(
+        self, requests: list[DenseSearch]
+    ) -> list[tuple[list[Hit], np.ndarray] | Exception]:
         vectors, outcomes = self._embed([r.query for r in requests])
         groups: dict[Any, list[int]] = {}
         for i, r in enumerate(requests):
@@ -296,7 +304,14 @@ class SearchBatcher:
                     outcomes[i] = store.search(vectors[i], k=k, where=where)
                 except Exception as e:
                     outcomes[i] = e
-        return [o if o is not None else RuntimeError("not searched") for o in outcomes]
+        return [
+            RuntimeError("not searched")
+            if o is None
+            else o
+            if isinstance(o, Exception)
+            else (o, vectors[i])
+            for i, o in enumerate(outcomes)
+        ]
 
     def _embed(self, texts: list[str]) -> tuple[np.ndarray, list[Any]]:
         """The texts' vectors as ``Collection.search`` would make them, and for each text

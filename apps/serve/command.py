@@ -28,6 +28,7 @@ from rag.commands import (
     Command,
     add_collection_options,
     add_generation_options,
+    add_log_queries_option,
     printable,
     settings_from_args,
 )
@@ -52,6 +53,7 @@ _MB = 1 << 20
 
 def _configure(p: argparse.ArgumentParser) -> None:
     add_collection_options(p, collection=False, store=False, json_output=False)
+    add_log_queries_option(p)
     g = p.add_argument_group("server options")
     g.add_argument(
         "--host",

@@ -183,8 +183,34 @@ class Service:
             if k < 1:
                 raise ConfigError(f"k must be at least 1, got {k}")
             if col.retriever.reranker is None:
-                return self._batcher(ref, col).search(query, k=k, where=parse(where))
-        return col.search(query, k=k, where=where, mode=mode, mmr=mmr)
+                return self._batched(ref, col, query, k=k, where=parse(where))
+        return col.search(query, k=k, where=where, mode=mode, mmr=mmr)  # logs its own event
+
+    def _batched(
+        self, ref: CollectionRef, col: Collection, query: str, *, k: int, where: Filter | None
+    ) -> list[Hit]:
+        """A batched dense search, with its query-log event (:mod:`rag.monitoring`): the
+        search's own, or, inside ``Collection.ask``, handed to the answer's."""
+        from rag.monitoring import error_event, note_search, search_event
+
+        log = col.querylog
+        started = time.perf_counter()
+        try:
+            hits, vector = self._batcher(ref, col).search_vector(query, k=k, where=where)
+        except Exception as e:
+            stages = {"search": time.perf_counter() - started}
+            if not note_search(stages=stages) and log is not None:
+                log.record(error_event("search", e, mode="dense", k=k, stages=stages, query=query))
+            raise
+        seconds = time.perf_counter() - started
+        # Embedding and store work are shared in a batch: one stage, the request's wait.
+        if not note_search(vector=vector, stages={"search": seconds}) and log is not None:
+            stages = {"search": seconds, "total": seconds}
+            event = search_event(
+                hits, mode="dense", k=k, kind="dense", stages=stages, query=query, vector=vector
+            )
+            log.record(event)
+        return hits
 
     def _batcher(self, ref: CollectionRef, col: Collection) -> SearchBatcher:
         key = (ref.store, ref.name)
