@@ -514,9 +514,12 @@ class Collection:
         vector = retriever.embedder.embed_query(query) if mode != "bm25" else None
         t1 = time.perf_counter()
         stages["embed"] = t1 - t0
-        hits = retriever.search(query, k=k, where=flt, mode=mode, mmr=mmr, vector=vector)
+        timings: dict[str, float] = {}
+        hits = retriever.search(
+            query, k=k, where=flt, mode=mode, mmr=mmr, vector=vector, timings=timings
+        )
         t2 = time.perf_counter()
-        stages.update(search=t2 - t1, total=t2 - t0)
+        stages.update(timings, total=t2 - t0)
         return hits, vector
 
     def ask(

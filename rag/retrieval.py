@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,10 +104,13 @@ class Retriever:
         mmr_lambda: float | None = None,
         fetch_k: int | None = None,
         vector: np.ndarray | None = None,
+        timings: dict[str, float] | None = None,
     ) -> list[Hit]:
         """The ``k`` best chunks for ``query``. ``vector`` is the query's embedding when the
         caller already has it (batched evaluation). With a re-ranker, a larger candidate
-        pool is scored by it first; MMR then diversifies the re-ranked list."""
+        pool is scored by it first; MMR then diversifies the re-ranked list. ``timings``,
+        when given, gets the seconds spent finding candidates (``search``: the store, and
+        BM25) and ordering them (``rerank``: fusion, the re-ranker and MMR)."""
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
         if mode not in ("dense", "bm25", "hybrid"):
@@ -115,14 +119,18 @@ class Retriever:
         qvec = vector
         if mode != "bm25" and qvec is None:
             qvec = self.embedder.embed_query(query)
+        t0 = time.perf_counter()
         if mode == "dense":
             hits = self.store.search(qvec, k=pool, where=where)
+            t1 = time.perf_counter()
         elif mode == "bm25":
             hits = self.bm25().search(query, k=pool, where=where)
+            t1 = time.perf_counter()
         else:
             n = max(self.candidates, pool)
             dense = self.store.search(qvec, k=n, where=where)
             sparse = self.bm25().search(query, k=n, where=where)
+            t1 = time.perf_counter()
             hits = fuse(
                 dense, sparse, k=pool, method=self.fusion, rrf_k=self.rrf_k, weight=self.weight
             )
@@ -134,6 +142,8 @@ class Retriever:
             texts = [h.chunk.text for h in hits]
             lam = self.mmr_lambda if mmr_lambda is None else mmr_lambda
             hits = mmr_rerank(qvec, hits, self._embed_texts(texts), k=k, lam=lam)
+        if timings is not None:
+            timings.update(search=t1 - t0, rerank=time.perf_counter() - t1)
         return hits[:k]
 
     def search_batch(

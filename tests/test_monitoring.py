@@ -299,6 +299,17 @@ def test_search_and_ask_log_one_event_each(data_dir: Path) -> None:
     assert s["query"] is None and s["vector"] is None
 
 
+def test_a_hybrid_search_logs_finding_and_ordering_apart(data_dir: Path) -> None:
+    with open_collection(settings(data_dir)) as col:
+        log = col.querylog
+        before = len(log.events())
+        col.search("chunk size", mode="hybrid", mmr=True)
+        (row,) = log.events()[before:]
+    assert row["score_kind"] == "rrf"
+    assert row["search"] > 0 and row["rerank"] > 0  # candidates, then fusion and MMR
+    assert row["total"] >= row["embed"] + row["search"] + row["rerank"] - 1e-6
+
+
 def test_an_ask_with_the_servers_search_logs_one_event(data_dir: Path) -> None:
     with open_collection(settings(data_dir)) as col:
         log = col.querylog

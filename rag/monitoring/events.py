@@ -32,7 +32,18 @@ DEFAULT_POLICY = "none"
 #: search (``search`` includes fusion, re-ranking and MMR); an answer adds ``rewrite``
 #: (the follow-up rewrite), ``retrieve`` (embed + search, or a server's batched search),
 #: ``generate`` and ``first_token``; ``total`` is the whole call.
-STAGES = ("embed", "search", "rewrite", "retrieve", "generate", "first_token", "total")
+#: ``search``: finding candidates (the store, and BM25); ``rerank``: ordering them (fusion,
+#: the re-ranker, MMR).
+STAGES = (
+    "embed",
+    "search",
+    "rerank",
+    "rewrite",
+    "retrieve",
+    "generate",
+    "first_token",
+    "total",
+)
 OPS = ("search", "ask")
 
 
