@@ -30,12 +30,14 @@ from rag.config import (
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_EMBED_MODEL,
+    DEFAULT_RECALL,
     Settings,
     default_embed_backend,
     installed_versions,
     models_dir,
 )
 from rag.errors import (
+    CapabilityError,
     CollectionNotFoundError,
     ConfigError,
     EmbedderMismatchError,
@@ -47,7 +49,15 @@ from rag.filters import Filter, parse
 from rag.manifest import CollectionInfo, Manifest, collection_dir, list_collections
 from rag.records import EmbeddingCache, RecordStore
 from rag.source import Source, SourceOptions, open_source
-from rag.store import StoreConfig, VectorStore, folder_writable, open_store
+from rag.store import (
+    Calibration,
+    StoreConfig,
+    VectorStore,
+    calibrate,
+    folder_writable,
+    open_store,
+    store_class,
+)
 from rag.types import Answer, Hit
 
 if TYPE_CHECKING:
@@ -154,20 +164,29 @@ class Collection:
         if self._store is None:
             s = self.settings
             dim = self.manifest.dim if self.manifest is not None else self.embedder.dim
+            calibrated = self.calibration.options if self.calibration is not None else {}
             config = StoreConfig(
                 data_dir=s.data_dir / "stores" / s.store,
                 url=s.store_url,
-                options=self.store_options,
+                options={**calibrated, **self.store_options},
             )
             self._store = open_store(s.store, self.name, dim=dim, config=config, create=True)
         return self._store
 
     @property
     def store_options(self) -> dict[str, Any]:
-        """The store options in force: those the collection was built with (saved in its
-        manifest), overridden by any the settings name."""
+        """The store options named: those the collection was built with (saved in its
+        manifest), overridden by any the settings name. They override the options the
+        store chose for the recall target (:attr:`calibration`)."""
         saved = self.manifest.store_options if self.manifest is not None else {}
         return {**saved, **self.settings.store_options}
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """What the store chose for the collection's recall target at the last ingest that
+        asked it (``None``: never, or the store cannot choose)."""
+        m = self.manifest
+        return Calibration.from_json(m.calibration) if m and m.calibration else None
 
     @property
     def records(self) -> RecordStore:
@@ -242,6 +261,14 @@ class Collection:
             params=tuple((str(k), str(v)) for k, v in pairs),
             state_dir=os.fspath(self.path / "sources" / source),
         )
+        if (
+            self.settings.recall is not None
+            and not store_class(self.settings.store).capabilities.calibrate
+        ):
+            raise CapabilityError(
+                f"the {self.settings.store} store cannot choose its index from a recall target "
+                "(--recall, RAG_RECALL); leave it out and set the index with --store-opt"
+            )
         reader = open_source(source, options)
         started = time.perf_counter()
         with self.lock():
@@ -261,6 +288,7 @@ class Collection:
             if report.chunks or report.deleted:
                 self._refresh_bm25()
                 self._monitor_ingest()
+            self._calibrate(manifest)
             report.model_seconds = model_seconds
             report.seconds = time.perf_counter() - started
             manifest.last_ingest = {
@@ -378,6 +406,19 @@ class Collection:
             self._retriever = None
             self.records.clear()
             return ingestor().run(reader, cleanup=cleanup, progress=progress, also=recorded)
+
+    def _calibrate(self, manifest: Manifest) -> None:
+        """Have the store choose its index for the recall target (the given one, else the
+        saved one, else the default) unless its last choice still fits; record the choice."""
+        store, previous = self.store, self.calibration
+        if not store.capabilities.calibrate:
+            return  # a target given was refused before the ingest; status says so
+        target = self.settings.recall
+        if target is None:
+            target = previous.target if previous is not None else DEFAULT_RECALL
+        if previous is not None and previous.still_fits(target, store.count(), self.store_options):
+            return
+        manifest.calibration = calibrate(store, target, fixed=self.store_options).to_json()
 
     def _refresh_bm25(self) -> None:
         # Keep the keyword index in step with the collection when it is in use (it exists)
@@ -636,6 +677,7 @@ class Collection:
             if m is None
             else {"chunk_size": m.chunk_size, "chunk_overlap": m.chunk_overlap},
             "store_options": self.store_options,
+            "calibration": None if m is None else m.calibration,
             "created": None if m is None else m.created,
             "last_ingest": None if m is None else m.last_ingest,
         }

@@ -70,6 +70,7 @@ SETTINGS_OPTIONS: dict[str, str] = {
     "store_url": "store_url",
     "store_opt": "store_options",
     "log_queries": "log_queries",
+    "recall": "recall",
     "k": "k",
     "mode": "mode",
     "mmr_lambda": "mmr_lambda",
@@ -243,6 +244,21 @@ def add_log_queries_option(parser: argparse.ArgumentParser) -> None:
         help="what the query log keeps of each question, saved with the collection: none "
         "(default: timings and scores only), vector (and its embedding), text (and the "
         "question), off (no log); RAG_LOG_QUERIES",
+    )
+
+
+def add_recall_option(parser: argparse.ArgumentParser) -> None:
+    """--recall: the recall target an ingest chooses the store's index for, saved with the
+    collection (a :data:`SETTINGS_OPTIONS` entry, carried into ``Settings.recall``)."""
+    parser.add_argument(
+        "--recall",
+        type=float,
+        default=None,
+        metavar="TARGET",
+        help="the recall@10 to choose the store's index and search setting for, measured on "
+        "the collection's own vectors and saved with it (default: the collection's, else "
+        "0.95; 1 = exact; RAG_RECALL); --store-opt options override the choice. A store that "
+        "cannot choose refuses it (faiss can)",
     )
 
 

@@ -9,6 +9,7 @@ Environment variables: ``RAG_DATA_DIR``, ``RAG_COLLECTION``, ``RAG_STORE``,
 ``RAG_GENERATOR``, ``RAG_LLM_MODEL``, ``RAG_LOCAL_MODEL``, ``RAG_MAX_FILE_MB``,
 ``RAG_LLM_THREADS``, ``RAG_ROUTES`` (a generator routes file, :mod:`rag.routing`),
 ``RAG_LOG_QUERIES`` (what the query log keeps of a question, :mod:`rag.monitoring`),
+``RAG_RECALL`` (the recall target an ingest chooses the store's index for),
 ``RAG_MODELS_DIR`` (where exported ONNX models are cached; default
 the user's cache folder, :func:`models_dir`); and the ``openai`` package's own
 ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``.
@@ -40,6 +41,9 @@ RETRIEVAL_MODES = ("dense", "bm25", "hybrid")
 #: its numbers only (none, the default), and its embedding (vector), and its text (text);
 #: off logs nothing.
 LOG_QUERIES = ("none", "vector", "text", "off")
+#: The recall@10 a collection's store index is chosen for when none is given
+#: (:meth:`rag.store.StoreBase.calibrate`).
+DEFAULT_RECALL = 0.95
 
 
 def default_embed_backend(model: str | None) -> str:
@@ -138,6 +142,7 @@ _ENV: dict[str, str] = {
     "llm_threads": "RAG_LLM_THREADS",
     "routes": "RAG_ROUTES",
     "log_queries": "RAG_LOG_QUERIES",
+    "recall": "RAG_RECALL",
 }
 
 
@@ -154,6 +159,11 @@ class Settings:
     store_url: str | None = None
     #: Backend-specific options (``--store-opt key=value``), validated by the backend.
     store_options: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    #: The recall@10 an ingest chooses the store's index and search parameter for, measured
+    #: on the collection's own vectors (``--recall``; :meth:`rag.store.StoreBase.calibrate`);
+    #: saved with the collection. Given to a store that cannot choose, an ingest refuses it.
+    #: ``None``: the collection's saved target, else :data:`DEFAULT_RECALL`.
+    recall: float | None = None
     #: Embedding model and how it runs (torch, onnx, onnx-int8; "hashing" for tests).
     #: ``None``: the collection's own, or the defaults for a new collection.
     embed_model: str | None = None
@@ -226,6 +236,10 @@ class Settings:
         for name in ("fusion_weight", "mmr_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.recall is not None and not 0.0 < self.recall <= 1.0:
+            raise ConfigError(
+                f"the recall target must be above 0 and at most 1 (1 = exact), got {self.recall}"
+            )
         if self.log_queries is not None and self.log_queries not in LOG_QUERIES:
             raise ConfigError(
                 f"unknown query logging {self.log_queries!r}; choose from {', '.join(LOG_QUERIES)}"

@@ -44,6 +44,9 @@ class Manifest:
     #: The store options the collection was built with (``--store-opt index=hnsw``): what
     #: later opens use unless they name an option themselves.
     store_options: dict[str, Any] = field(default_factory=dict)
+    #: What the store chose for the collection's recall target, and the recall it measured
+    #: (:class:`rag.store.Calibration` as JSON); its options apply under ``store_options``.
+    calibration: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, path: Path) -> Manifest:

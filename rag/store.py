@@ -15,20 +15,25 @@ validated input through the ``_upsert``, ``_delete``, ``_search``, ``_get`` and 
 hooks. Searching many query vectors at once (``search_many``, for a server batching its
 requests) is optional: :class:`StoreBase` loops over ``_search`` unless the backend
 overrides ``_search_many``, and :func:`search_many` serves any store.
+
+Choosing the index and search parameter from a recall target (``calibrate``) is optional
+too: a backend that can declares ``capabilities.calibrate`` and overrides
+:meth:`StoreBase.calibrate`; :func:`calibrate` serves any store and raises
+:class:`~rag.errors.CapabilityError` for one that cannot.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from rag import contract
-from rag.errors import ConfigError
+from rag.errors import CapabilityError, ConfigError
 from rag.filters import Filter, parse, require_supported
 from rag.types import Chunk, Hit
 
@@ -49,6 +54,56 @@ class Capabilities:
     persistent: bool = True
     #: The largest number of records one write may carry, if the engine has a limit.
     max_batch_size: int | None = None
+    #: Whether ``calibrate`` chooses the index and search parameter from a recall target.
+    calibrate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """What a store chose to reach a recall target, and the recall it measured.
+
+    ``options`` are store options (``StoreConfig.options``) the collection saves and opens
+    the store with from then on; options the user names override them. ``recall`` is the
+    mean recall@``k`` of the store's search against an exact scan, measured on ``queries``
+    of the collection's own vectors (each query's own vector left out); an exact index is
+    not measured (``queries`` 0, ``recall`` 1.0). ``fixed`` are the options the user named,
+    which the store kept and measured with rather than chose.
+    """
+
+    target: float
+    options: dict[str, OptionValue]
+    recall: float
+    queries: int
+    #: Chunks in the collection when it was measured.
+    count: int
+    k: int = 10
+    fixed: dict[str, OptionValue] = field(default_factory=dict)
+    #: Wall time of the calibration, building the chosen index included.
+    seconds: float = 0.0
+    #: Why this choice, in a few words ("below 50000 chunks: exact", ...).
+    note: str = ""
+
+    #: A measured choice is kept while the collection stays within this factor of the size
+    #: it was measured at; an unmeasured one (exact) is cheap to check after every change.
+    GROWTH: ClassVar[float] = 1.25
+
+    def still_fits(self, target: float, count: int, fixed: Mapping[str, OptionValue]) -> bool:
+        """Whether this choice still answers ``target`` for a collection of ``count`` chunks
+        built with the user's options ``fixed``, so that an ingest need not calibrate again."""
+        return (
+            self.queries > 0
+            and self.target == target
+            and self.fixed == dict(fixed)
+            and self.count / self.GROWTH <= count <= self.count * self.GROWTH
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Calibration:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +253,18 @@ class StoreBase:
         ids = contract.check_ids(ids)
         return self._get(ids) if ids else []
 
+    def calibrate(
+        self, target: float, *, fixed: Mapping[str, OptionValue] | None = None
+    ) -> Calibration:
+        """Choose, and switch to, the index and search parameter that reach recall@10
+        ``target`` (in (0, 1]) on this collection, measured on its own vectors; ``fixed``
+        are options the user named, kept as they are. Optional in the contract: a backend
+        that implements it declares ``capabilities.calibrate``; this default refuses."""
+        raise CapabilityError(
+            f"the {self.name} store cannot choose its index from a recall target; set its "
+            "index options with --store-opt instead"
+        )
+
     def scan(self, *, batch_size: int = 1000) -> Iterator[tuple[list[Chunk], np.ndarray]]:
         return self._scan(contract.check_k(batch_size, name="batch_size"))
 
@@ -248,6 +315,22 @@ def search_many(
     if batch is not None:
         return batch(vectors, k=k, where=where)
     return [store.search(v, k=k, where=where) for v in np.asarray(vectors)]
+
+
+def calibrate(
+    store: VectorStore, target: float, *, fixed: Mapping[str, OptionValue] | None = None
+) -> Calibration:
+    """``store.calibrate(target, fixed=fixed)`` (see :meth:`StoreBase.calibrate`), for a
+    store that declares ``capabilities.calibrate``; :class:`CapabilityError` otherwise."""
+    if not 0.0 < target <= 1.0:
+        raise ConfigError(f"a recall target is between 0 and 1 (1 = exact), not {target}")
+    method = getattr(store, "calibrate", None)
+    if not store.capabilities.calibrate or method is None:
+        raise CapabilityError(
+            f"the {store.name} store cannot choose its index from a recall target; set its "
+            "index options with --store-opt instead"
+        )
+    return method(target, fixed=dict(fixed or {}))
 
 
 def store_class(name: str) -> type[VectorStore]:

@@ -267,6 +267,7 @@ def test_settings_options_map_to_fields_and_arrive() -> None:
         "store_url": "http://127.0.0.1:1",
         "store_opt": ["a=1"],
         "log_queries": "text",
+        "recall": 0.9,
         "k": 7,
         "mode": "hybrid",
         "mmr_lambda": 0.25,

@@ -17,6 +17,7 @@ from rag.commands import (
     add_collection_options,
     add_embedding_options,
     add_log_queries_option,
+    add_recall_option,
     display_path,
     emit,
     printable,
@@ -73,6 +74,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     )
     add_embedding_options(p)
     add_log_queries_option(p)
+    add_recall_option(p)
     p.add_argument("--max-file-mb", type=float, default=None, help="skip larger files (default 50)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument(

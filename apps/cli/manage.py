@@ -108,6 +108,8 @@ def _run_status(args: argparse.Namespace) -> int:
         f"{e.get('dim')} dimensions"
     )
     print(f"chunker     {c.get('chunk_size')} tokens, {c.get('chunk_overlap')} overlap")
+    if st["embedder"] is not None:
+        print(f"index       {_calibration_line(st)}")
     if li:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(li["time"]))
         print(
@@ -119,6 +121,31 @@ def _run_status(args: argparse.Namespace) -> int:
         interrupted = "" if s["committed"] else "  (interrupted)"
         print(f"  {s['chunks']:>5}  {display_path(s['source'])}{interrupted}")
     return 0
+
+
+def _calibration_line(st: dict) -> str:
+    """The store's choice for the recall target, with the options named over it."""
+    from rag.store import store_class
+
+    cal, named = st.get("calibration"), st["store_options"]
+    over = ", ".join(f"{k}={v}" for k, v in sorted(named.items()))
+    if cal is None:
+        if not store_class(st["store"]).capabilities.calibrate:
+            what = f"the {st['store']} store does not choose its index from a recall target"
+        else:
+            what = "no recall target applied yet (the next ingest chooses)"
+        return printable(what + (f"; options {over}" if over else ""))
+    chosen = ", ".join(f"{k}={v}" for k, v in sorted(cal["options"].items())) or "as named"
+    measured = (
+        f"recall@{cal['k']} {cal['recall']:.3f} on {cal['queries']} of its own vectors"
+        if cal["queries"]
+        else "exact"
+    )
+    line = (
+        f"{chosen} for recall {cal['target']} at {cal['count']} chunks: {measured} "
+        f"({cal['note']}, {cal['seconds']:.1f} s)"
+    )
+    return printable(line + (f"; named over it: {over}" if over else ""))
 
 
 status = Command(
