@@ -25,7 +25,10 @@ import pytest
 from rag import plugins
 from rag.filters import evaluate, parse
 from rag.store import StoreConfig, search_many
-from tests.store_support import SESSION_SERVERS  # noqa: F401  (tests/test_fuzz_filters.py uses it)
+from tests.store_support import (
+    SESSION_SERVERS,  # noqa: F401  (tests/test_fuzz_filters.py uses it)
+    URL_SERVERS,
+)
 from tests.store_support import missing as _missing
 from vectorstores.conformance import *  # noqa: F403  (the contract's tests)
 from vectorstores.conformance import DIM, StoreEnv, dataset
@@ -42,10 +45,12 @@ VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
 
 
 def _params() -> list[tuple[str, str, dict[str, object]]]:
-    """``(param id, store, options)``: every registered store, then the variants."""
+    """``(param id, store, options)``: every registered store, then the variants, then the
+    stores on a server reached by URL (:data:`tests.store_support.URL_SERVERS`)."""
     names = plugins.registry().names("stores")
     params: list[tuple[str, str, dict[str, object]]] = [(name, name, {}) for name in names]
     params += [(vid, store, opts) for vid, (store, opts) in VARIANTS.items() if store in names]
+    params += [(vid, store, {}) for vid, (store, _) in URL_SERVERS.items() if store in names]
     return params
 
 
@@ -56,11 +61,18 @@ pytest_plugins = ["tests.store_support"]
 
 @pytest.fixture(params=PARAMS, ids=[p[0] for p in PARAMS])
 def store_env(
-    request: pytest.FixtureRequest, store_root: Path, store_ready: Callable[[str], Path]
+    request: pytest.FixtureRequest,
+    store_root: Path,
+    store_ready: Callable[[str], Path],
+    store_url: Callable[[str], str],
 ) -> StoreEnv:
     variant, store, options = request.param
-    store_ready(store)
-    return StoreEnv(store, StoreConfig(store_root / variant, options=options))
+    url = None
+    if variant in URL_SERVERS:
+        url = store_url(variant)
+    else:
+        store_ready(store)
+    return StoreEnv(store, StoreConfig(store_root / variant, url=url, options=options))
 
 
 # --- batch search ------------------------------------------------------------------------------

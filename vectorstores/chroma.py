@@ -36,22 +36,21 @@ only sees what another process wrote to the folder after all its stores on that 
 were closed and one is opened again (until then its searches may fail or miss the new
 records): use a Chroma server when several processes write.
 
-``config.url`` is ``http(s)://host[:port][?tenant=...&database=...]``. A server's token
-comes only from the environment: ``CHROMA_AUTH_TOKEN``, sent as ``Authorization: Bearer``
-(Chroma's own ``CHROMA_AUTH_TOKEN_TRANSPORT_HEADER=X-Chroma-Token`` switches the header).
+``config.url`` is ``http(s)://host[:port][?tenant=...&database=...]``, its token comes from
+``CHROMA_AUTH_TOKEN``; the client for a server, with its timeouts and its retries with
+backoff on transient errors, is :mod:`vectorstores.chroma_server`. A server that stays away
+through the retries (down, or gone mid-search) is a :class:`~rag.errors.StoreError` that
+names its address and says it cannot be reached.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
@@ -81,6 +80,15 @@ from vectorstores.chroma_filters import (
     inexact_in_chroma,
     to_where,
 )
+from vectorstores.chroma_server import (
+    ServerAddress,
+    http_client,
+    parse_url,
+    unreachable_message,
+)
+from vectorstores.retry import Unreachable
+
+__all__ = ["ChromaStore", "ServerAddress", "chroma_name", "parse_url"]
 
 # Chroma's own HNSW defaults; hnsw_m is Chroma's "max_neighbors".
 _DEFAULTS: dict[str, int] = {"hnsw_m": 16, "ef_construction": 100, "ef_search": 100}
@@ -89,7 +97,6 @@ _DIM_KEY = "ragkit:dim"
 _FORMAT_KEY = "ragkit:format"
 _INTERNAL = (KEYS, NUM)  # stripped from what the caller gets back
 _FORMAT = 1
-_TOKEN_ENV = "CHROMA_AUTH_TOKEN"
 _DEFAULT_BATCH = 5461  # what chromadb 1.5 reports; the client's own value is used when known
 
 
@@ -100,53 +107,6 @@ def chroma_name(collection: str) -> str:
 
 
 # --- clients, shared per folder or server within the process ---------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ServerAddress:
-    """Where a Chroma server listens, parsed from ``config.url``."""
-
-    host: str
-    port: int
-    ssl: bool
-    tenant: str | None = None
-    database: str | None = None
-
-
-def parse_url(url: str) -> ServerAddress:
-    """``http(s)://host[:port][?tenant=...&database=...]``; the port defaults to 8000 for
-    http and 443 for https. Credentials in the URL are refused: tokens come from the
-    environment."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https"):
-        raise ConfigError(f"chroma URL {url!r}: use http://host:port or https://host")
-    if parts.username or parts.password:
-        raise ConfigError(
-            f"chroma URL {url!r} carries credentials; put the token in ${_TOKEN_ENV} instead"
-        )
-    if not parts.hostname:
-        raise ConfigError(f"chroma URL {url!r} has no host")
-    if parts.path not in ("", "/") or parts.fragment:
-        raise ConfigError(f"chroma URL {url!r}: a path is not supported, give only host and port")
-    try:
-        port = parts.port
-    except ValueError as e:
-        raise ConfigError(f"chroma URL {url!r}: bad port") from e
-    query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
-    unknown = set(query) - {"tenant", "database"}
-    if unknown:
-        raise ConfigError(
-            f"chroma URL {url!r}: unknown parameter(s) {', '.join(sorted(unknown))}; "
-            "known: tenant, database"
-        )
-    ssl = parts.scheme == "https"
-    return ServerAddress(
-        host=parts.hostname,
-        port=port if port is not None else (443 if ssl else 8000),
-        ssl=ssl,
-        tenant=query["tenant"][-1] if "tenant" in query else None,
-        database=query["database"][-1] if "database" in query else None,
-    )
 
 
 _clients: dict[tuple[str, str], list[Any]] = {}  # key -> [client, number of stores using it]
@@ -176,30 +136,11 @@ def _new_client(key: tuple[str, str]) -> Any:
     from chromadb.config import Settings
 
     kind, where = key
-    if kind == "path":
-        Path(where).mkdir(parents=True, exist_ok=True)
-        return chromadb.PersistentClient(
-            path=where, settings=Settings(anonymized_telemetry=False, allow_reset=False)
-        )
-    address = parse_url(where)
-    settings: dict[str, Any] = {"anonymized_telemetry": False, "allow_reset": False}
-    token = os.environ.get(_TOKEN_ENV)
-    if token:
-        settings["chroma_client_auth_provider"] = (
-            "chromadb.auth.token_authn.TokenAuthClientProvider"
-        )
-        settings["chroma_client_auth_credentials"] = token
-    extra: dict[str, str] = {}
-    if address.tenant is not None:
-        extra["tenant"] = address.tenant
-    if address.database is not None:
-        extra["database"] = address.database
-    return chromadb.HttpClient(
-        host=address.host,
-        port=address.port,
-        ssl=address.ssl,
-        settings=Settings(**settings),
-        **extra,
+    if kind == "url":
+        return http_client(parse_url(where))
+    Path(where).mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(
+        path=where, settings=Settings(anonymized_telemetry=False, allow_reset=False)
     )
 
 
@@ -211,6 +152,8 @@ def _acquire_client(key: tuple[str, str]) -> Any:
                 entry = [_new_client(key), 0]
             except RagError:
                 raise
+            except Unreachable as u:
+                raise StoreError(f"chroma: {unreachable_message(parse_url(key[1]), u)}") from u
             except Exception as e:
                 raise StoreError(f"chroma: cannot open a client for {key[1]}: {e}") from e
             _clients[key] = entry
@@ -289,6 +232,8 @@ class ChromaStore(StoreBase):
             yield
         except RagError:
             raise
+        except Unreachable as u:
+            raise self._unreachable(action, u) from u
         except Exception as e:
             hint = ""
             if self._key[0] == "path" and "Failed to apply logs" in str(e):
@@ -307,6 +252,10 @@ class ChromaStore(StoreBase):
                 )
             raise StoreError(f"{self._describe()}: {action} failed: {e}{hint}") from e
 
+    def _unreachable(self, action: str, u: Unreachable) -> StoreError:
+        message = unreachable_message(parse_url(self._key[1]), u)
+        return StoreError(f"chroma collection {self.collection!r}: {action} failed: {message}")
+
     def _open(self, create: bool, explicit: set[str]) -> Any:
         from chromadb.errors import NotFoundError
 
@@ -315,6 +264,8 @@ class ChromaStore(StoreBase):
             col = client.get_collection(self.chroma_name, embedding_function=None)
         except NotFoundError:
             col = None
+        except Unreachable as u:
+            raise self._unreachable("open", u) from u
         except Exception as e:
             raise StoreError(f"{self._describe()}: open failed: {e}") from e
         if col is None:
@@ -333,6 +284,8 @@ class ChromaStore(StoreBase):
                     configuration={"hnsw": hnsw},
                     metadata={_DIM_KEY: self.dim, _FORMAT_KEY: _FORMAT},
                 )
+            except Unreachable as u:
+                raise self._unreachable("create", u) from u
             except Exception as e:  # another process may have created it meanwhile
                 try:
                     col = client.get_collection(self.chroma_name, embedding_function=None)

@@ -1,8 +1,17 @@
 """The pgvector store's connection and catalog.
 
 :class:`Session` owns the one psycopg connection of a store: it connects with a timeout and
-``application_name='ragkit'``, reconnects when the server closed it, words driver errors
-for ragkit without ever showing a password from the DSN, and collects server notices.
+``application_name='ragkit'``, reconnects when the server closed it, tells transient errors
+(the server unreachable, restarting, or gone mid-statement) from the rest, words driver
+errors for ragkit without ever showing a password from the DSN, and collects server notices.
+
+Bounds on time (each only where the DSN and the server leave it unset): ``connect_timeout``
+10 s; TCP keepalives (idle 30 s, then 3 probes 10 s apart) and ``tcp_user_timeout`` 30 s,
+so that a server host that vanishes mid-statement is noticed within about a minute; and a
+``statement_timeout`` of 60 s for reads (writes and index builds lift it: a build may
+rightly take hours). A server process that stops answering while its host's kernel still
+acknowledges (SIGSTOP) is noticed by none of these; PostgreSQL gives the client no timer
+of its own for that case.
 :func:`open_collection` checks pgvector, the catalog ``ragkit.collections`` and the
 collection's table, creating what is missing, and returns the collection's :class:`Layout`.
 """
@@ -21,6 +30,33 @@ from vectorstores import pg_sql as q
 log = logging.getLogger("vectorstores.pgvector")
 
 _CONNECT_TIMEOUT_S = 10
+#: libpq parameters that bound a connection's waits, used where the DSN sets none.
+_TCP_BOUNDS = {
+    "connect_timeout": str(_CONNECT_TIMEOUT_S),
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+#: statement_timeout for reads, where the server's is 0 (none).
+READ_TIMEOUT = "60s"
+# Connection failures worth another attempt: the server is down, starting, stopping or
+# restarting, or the network dropped. A refused login or a missing database is not.
+_TRANSIENT_CONNECT = (
+    "connection refused",
+    "no such file or directory",  # the unix socket is gone while the server restarts
+    "timeout expired",
+    "server closed the connection",
+    "connection reset",
+    "could not receive data",
+    "could not send data",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "too many connections",
+)
 _SQL = q.sql.SQL
 _FIND_EXTENSION = (
     "SELECT e.extversion, n.nspname FROM pg_extension e "
@@ -66,23 +102,47 @@ class Session:
         text = self.scrub(str(e).strip() or type(e).__name__)
         return StoreError(f"{self.label} on {self.where}: {what} failed: {text}")
 
+    def transient(self, e: BaseException) -> bool:
+        """Whether ``e`` may go away on its own: the connection broke (the server closed
+        it, restarted, or went away mid-statement) or could not be made for a reason of
+        the kind :data:`_TRANSIENT_CONNECT` lists. Never a query's own error."""
+        if not isinstance(e, self.psycopg.OperationalError):
+            return False
+        if self.conn is not None and (self.conn.broken or self.conn.closed):
+            return True
+        sqlstate = getattr(e, "sqlstate", None) or ""
+        if sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03", "53300"):
+            return True
+        text = str(e).lower()
+        return self.conn is None and any(marker in text for marker in _TRANSIENT_CONNECT)
+
+    def unreachable(self, e: BaseException, what: str, tries: str) -> StoreError:
+        """The error for a server that transient errors kept away through the retries."""
+        text = self.scrub(str(e).strip() or type(e).__name__)
+        return StoreError(
+            f"{self.label}: {what} failed: {self.where} cannot be reached ({tries}; is it "
+            f"running, and listening there?): {text}"
+        )
+
     def connect(self) -> Any:
+        """Open the connection; psycopg's errors pass through (see :meth:`transient`)."""
         psycopg = self.psycopg
+        from psycopg.conninfo import conninfo_to_dict
+
+        self.close()
+        given = conninfo_to_dict(self.dsn)
+        bounds = {k: v for k, v in _TCP_BOUNDS.items() if k not in given}
         try:
             conn = psycopg.connect(
                 self.dsn,
                 autocommit=True,  # every operation runs in an explicit transaction
                 application_name="ragkit",
-                connect_timeout=_CONNECT_TIMEOUT_S,
+                **bounds,
             )
         except psycopg.ProgrammingError:  # its message may quote the DSN
             raise ConfigError(
                 "the pgvector store URL is not a valid PostgreSQL connection string or URI"
             ) from None
-        except psycopg.Error as e:
-            raise StoreError(
-                f"pgvector: cannot connect to {self.where}: {self.scrub(str(e).strip())}"
-            ) from e
         conn.prepare_threshold = None  # never auto-prepare: plans would ignore SET LOCAL
         conn.add_notice_handler(self._on_notice)
         self.conn = conn
@@ -90,6 +150,11 @@ class Session:
             # A backend whose client died (SIGKILL) stops within a second instead of
             # finishing an index build that holds the table's lock.
             conn.execute("SELECT set_config('client_connection_check_interval', '1000', false)")
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, false) "
+            "WHERE current_setting('statement_timeout') = '0'",
+            [READ_TIMEOUT],
+        )
         if self.ext_schema is not None:
             self.setup()
         return conn
@@ -117,10 +182,12 @@ class Session:
     def live(self) -> Any:
         """The connection, reconnected if the server closed it."""
         if self.conn is None or self.conn.closed or self.conn.broken:
-            if self.conn is not None:
-                self.conn.close()
             self.connect()
         return self.conn
+
+    def no_statement_timeout(self) -> None:
+        """Lift the read timeout for the current transaction (a write, an index build)."""
+        self.conn.execute("SELECT set_config('statement_timeout', '0', true)")
 
     def close(self) -> None:
         conn, self.conn = self.conn, None

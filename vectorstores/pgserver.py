@@ -17,7 +17,8 @@ Where files live (``root`` is the folder given to :class:`EmbeddedPostgres`)
     ``root/server.lock``   flock'ed while a process starts, attaches to or stops the server
     ``root/clients.json``  the processes using the server (pid, start time, token)
     ``root/server.json``   the private socket folder under /tmp, when one is in use
-    The server listens on no TCP port, only on a unix socket, normally in ``pgdata``.
+    The server listens on a unix socket, normally in ``pgdata``, and on no TCP port unless
+    it is made with ``tcp_port`` (below).
     A socket path is limited to 107 bytes, so for a deep data directory the socket goes
     in a private ``/tmp/ragkit-pg-*`` folder (mode 0700) recorded in ``server.json``.
     Nothing is written to the user's home directory.
@@ -33,8 +34,18 @@ Sharing and lifetime
     reaps (a container without an init), its lock files are removed here once no old
     backend is attached to its shared memory.
 
+Loopback TCP (``EmbeddedPostgres(root, tcp_port=P)``)
+    The server also listens on ``127.0.0.1:P`` (never another address), and there every
+    role needs its password (``scram-sha-256``; ``pgdata/ragkit_hba.conf``, rewritten at
+    each start, keeps ``trust`` for the 0700 unix socket only). Roles and passwords are
+    the caller's to create: through :attr:`EmbeddedPostgres.dsn` (the socket), then
+    reach the server by a DSN like any remote one (``host=127.0.0.1 port=P ...``, the
+    password in ``PGPASSWORD`` or a passfile). The tests serve the pgvector store this
+    way. The first process to start a cluster decides whether it listens on TCP.
+
 Settings (``pgdata/ragkit.conf``)
-    No TCP (``listen_addresses = ''``), socket mode 0700, ``max_connections = 50``,
+    No TCP (``listen_addresses = ''``) unless ``tcp_port``, socket mode 0700,
+    ``max_connections = 50``,
     ``shared_buffers`` 1/8 of the memory (or of the cgroup's limit) within 128 MB-1 GB,
     ``fsync``, ``synchronous_commit`` and ``full_page_writes`` on, dynamic shared memory
     in files when /dev/shm is under 1 GB (containers), log to ``pgdata/server.log``
@@ -115,9 +126,16 @@ class EmbeddedPostgres:
     server. Also usable as a context manager. Thread-safe.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, tcp_port: int | None = None) -> None:
         #: The folder the user chose; the cluster lives here or where its pointer says.
         self.home = Path(root).expanduser().resolve()
+        if tcp_port is not None and not 1024 <= tcp_port <= 65535:
+            raise StoreError(
+                f"the embedded PostgreSQL's TCP port must be 1024-65535, not {tcp_port}"
+            )
+        #: The loopback TCP port it listens on as well, or ``None``; names the socket file.
+        self.tcp_port = tcp_port
+        self.port = tcp_port or PORT
         self._place(self.home)
         self._bin = _bin_dir()
         self._mutex = threading.RLock()
@@ -159,7 +177,7 @@ class EmbeddedPostgres:
                 socket_dir, pid = self._ensure_running(account)
                 _update_clients(self.root / "clients.json", add=self._token)
             self._dsn = _conninfo(
-                host=str(socket_dir), port=str(PORT), dbname="postgres", user="postgres"
+                host=str(socket_dir), port=str(self.port), dbname="postgres", user="postgres"
             )
             self._postmaster_pid = pid
             self._users += 1
@@ -369,11 +387,16 @@ class EmbeddedPostgres:
                 self._clear_stale_lock(info)
         _remove_private_socket_dir(self.root)  # left by a server that is gone
         socket_dir = self._socket_dir(account)
-        conf = self.pgdata / "ragkit.conf.tmp"
-        conf.write_text(_settings(socket_dir), encoding="utf-8")
-        conf.chmod(0o600)
-        account.give(conf)
-        conf.replace(self.pgdata / "ragkit.conf")
+        hba = self.pgdata / "ragkit_hba.conf" if self.tcp_port is not None else None
+        files = {"ragkit.conf": _settings(socket_dir, self.port, hba=hba)}
+        if hba is not None:
+            files["ragkit_hba.conf"] = _HBA_TCP
+        for name, text in files.items():
+            conf = self.pgdata / f"{name}.tmp"
+            conf.write_text(text, encoding="utf-8")
+            conf.chmod(0o600)
+            account.give(conf)
+            conf.replace(self.pgdata / name)
         with contextlib.suppress(OSError):
             if self.log_file.stat().st_size > _MAX_LOG_BYTES:
                 self.log_file.replace(self.log_file.with_name("server.log.1"))
@@ -397,14 +420,14 @@ class EmbeddedPostgres:
         log.warning(
             "removing the lock files of a crashed server (pid %d) in %s", info.pid, self.pgdata
         )
-        socket_lock = info.socket_dir / f".s.PGSQL.{PORT}.lock"
+        socket_lock = info.socket_dir / f".s.PGSQL.{self.port}.lock"
         with contextlib.suppress(OSError, ValueError, IndexError):
             if int(socket_lock.read_text().split()[0]) == info.pid:
                 socket_lock.unlink()
         (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
 
     def _socket_dir(self, account: _Account) -> Path:
-        socket = str(self.pgdata / f".s.PGSQL.{PORT}")
+        socket = str(self.pgdata / f".s.PGSQL.{self.port}")
         if len(socket.encode()) <= SOCKET_PATH_MAX and _safe_for_conf(str(self.pgdata)):
             return self.pgdata
         base = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
@@ -460,7 +483,7 @@ class EmbeddedPostgres:
     def _ready(self, account: _Account, socket_dir: Path, wait: float, pid: int) -> bool:
         """Whether postmaster ``pid`` accepts connections within ``wait`` s (pg_isready)."""
         probe = [self._bin / "pg_isready", "-q", "-h", socket_dir]
-        probe += f"-p {PORT} -d postgres -U postgres -t 5".split()
+        probe += f"-p {self.port} -d postgres -U postgres -t 5".split()
         deadline = time.monotonic() + wait
         while True:
             rc, _ = _run(account, *probe, timeout=10)
@@ -714,7 +737,17 @@ def _memory_bytes() -> int:
     return total
 
 
-def _settings(socket_dir: Path) -> str:
+#: Who may connect to a server with ``tcp_port``: the socket (mode 0700) as before, and
+#: loopback TCP with a password only.
+_HBA_TCP = (
+    "# Written by ragkit at each start.\n"
+    "local all all trust\n"
+    "host all all 127.0.0.1/32 scram-sha-256\n"
+)
+
+
+def _settings(socket_dir: Path, port: int = PORT, *, hba: Path | None = None) -> str:
+    """ragkit.conf; with ``hba`` (the rules of :data:`_HBA_TCP`), listening on loopback."""
     mb = _memory_bytes() // 2**20
     # Parallel index builds (pgvector HNSW) put maintenance_work_mem in dynamic shared
     # memory; a container's /dev/shm is often 64 MB, so use files in pgdata there.
@@ -724,8 +757,9 @@ def _settings(socket_dir: Path) -> str:
     except OSError:
         shm_ok = False
     settings = {
-        "listen_addresses": "''",
-        "port": str(PORT),
+        "listen_addresses": "'127.0.0.1'" if hba is not None else "''",
+        "port": str(port),
+        **({"hba_file": _conf_quote(str(hba))} if hba is not None else {}),
         "unix_socket_directories": _conf_quote(f'"{socket_dir}"'),
         "unix_socket_permissions": "0700",
         "max_connections": "50",

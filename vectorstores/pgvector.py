@@ -46,6 +46,17 @@ Search
     cached plan would ignore the per-query ``SET LOCAL`` settings. ``filtered_search``
     pins the choice (``index`` or ``exact``); :meth:`PgvectorStore.explain` shows the plan.
 
+A server by DSN
+    A store holds one connection (the store serialises its calls; no pool: each reader
+    process or thread opens its own store, and ``psycopg_pool`` is not a dependency).
+    Transient errors (connection refused or reset, the server closed the connection or is
+    restarting) are retried with exponential backoff (:data:`vectorstores.retry.
+    SERVER_BACKOFF`: 5 attempts within 10 s), reconnecting first; every retried piece of
+    work is one transaction or a read, and writes are idempotent. A server still away
+    after that is a :class:`~rag.errors.StoreError` that names it (host, port, database;
+    never the password) and says it cannot be reached. Connect, keepalive and statement
+    timeouts bound the waits (see :mod:`vectorstores.pg_catalog`).
+
 Read-only folders
     The embedded server writes to its folder even to answer searches, so opening a store on
     a folder this process cannot write to (a read-only mount, say) raises
@@ -76,6 +87,7 @@ from rag.store import MAX_K, Capabilities, StoreBase, StoreConfig, folder_writab
 from rag.types import Chunk, Hit
 from vectorstores import pg_sql as q
 from vectorstores.pg_catalog import Session, describe, drop_collection, open_collection
+from vectorstores.retry import Unreachable, retry
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +168,7 @@ class PgvectorStore(StoreBase):
                 ) from e
             self._session = Session(self._server.dsn, f"the embedded PostgreSQL in {root}", label)
         try:
-            self._session.connect()
+            self._retrying("open", lambda: self._session.connect())
             self._layout = open_collection(
                 self._session,
                 collection,
@@ -169,6 +181,8 @@ class PgvectorStore(StoreBase):
         except BaseException as e:
             self._release()
             if isinstance(e, self._session.psycopg.Error):
+                if self._session.transient(e):
+                    raise self._session.unreachable(e, "open", "the connection broke") from e
                 raise self._session.wrap(e, "open") from e
             raise
         if self._layout.index_kind == "none":
@@ -177,25 +191,27 @@ class PgvectorStore(StoreBase):
     def _run(self, what: str, work: Callable[[Any], _T]) -> _T:
         """``work(connection)`` under the store's lock, with driver errors worded for ragkit.
 
-        When the server closed the connection (a restart, an idle timeout), the store
-        reconnects and runs ``work`` once more: each piece of work is one transaction or a
+        After a transient error (the server closed the connection, restarted, or cannot
+        be reached for a moment) the store reconnects and runs ``work`` again, with
+        backoff (see the module docstring): each piece of work is one transaction or a
         read, and every write is idempotent.
         """
         with self._lock:
             if self._closed:
                 raise StoreError(f"pgvector collection {self.collection!r} is closed")
-            for attempt in (1, 2):
-                conn = self._session.live()
-                try:
-                    return work(conn)
-                except RagError:
-                    raise
-                except self._session.psycopg.Error as e:
-                    if attempt == 1 and conn.broken:
-                        log.info("pgvector collection %r: reconnecting (%s)", self.collection, e)
-                        continue
-                    raise self._session.wrap(e, what) from e
-            raise AssertionError("unreachable")
+            return self._retrying(what, lambda: work(self._session.live()))
+
+    def _retrying(self, what: str, work: Callable[[], _T]) -> _T:
+        session = self._session
+        label = f"pgvector collection {self.collection!r}: {what}"
+        try:
+            return retry(work, transient=session.transient, what=label)
+        except Unreachable as u:
+            raise session.unreachable(u.error, what, u.summary()) from u.error
+        except RagError:
+            raise
+        except session.psycopg.Error as e:
+            raise session.wrap(e, what) from e
 
     # --- the contract --------------------------------------------------------------------------
 
@@ -220,6 +236,7 @@ class PgvectorStore(StoreBase):
 
         def write(conn: Any) -> None:
             with conn.transaction():
+                self._session.no_statement_timeout()
                 if not self._session.stage_ready:
                     conn.execute(stage)
                 with conn.cursor().copy(copy) as cp:
@@ -237,6 +254,7 @@ class PgvectorStore(StoreBase):
 
         def write(conn: Any) -> None:
             with conn.transaction():
+                self._session.no_statement_timeout()
                 conn.execute(query, [ids])
 
         self._run("delete", write)
@@ -504,6 +522,7 @@ class PgvectorStore(StoreBase):
         started = time.perf_counter()
         self._session.notices = []
         with conn.transaction():
+            self._session.no_statement_timeout()  # a build may rightly take hours
             self._session.lock(f"ragkit:build:{self.collection}")
             self._gin = self._indexed = False
             if self._find_indexes(conn):  # another process built them meanwhile
