@@ -258,7 +258,7 @@ def add_recall_option(parser: argparse.ArgumentParser) -> None:
         help="the recall@10 to choose the store's index and search setting for, measured on "
         "the collection's own vectors and saved with it (default: the collection's, else "
         "0.95; 1 = exact; RAG_RECALL); --store-opt options override the choice. A store that "
-        "cannot choose refuses it (faiss can)",
+        "cannot choose refuses it (faiss and pgvector can)",
     )
 
 

@@ -189,6 +189,25 @@ def vector_loader() -> type:
     return VectorLoader
 
 
+# --- the recall target ------------------------------------------------------------------------
+
+#: The ef_search values ``calibrate`` tries, smallest first, up to pgvector's limit. It
+#: measures with k + 1 rows (a query's own row is dropped) and a search raises ef_search to
+#: its k, so values under 16 would measure a setting that searches of k = 10 do not use.
+EF_SEARCHES = (16, 24, 32, 40, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1000)
+
+
+def calibration_values(index_kind: str, lists: int) -> list[int]:
+    """The values of the search parameter ``calibrate`` tries for an index, smallest first:
+    :data:`EF_SEARCHES` for HNSW; for IVFFlat, probes 1, 2, 3, 4, 6, 8, 12, ... below the
+    ``lists`` built, then ``lists`` itself (every list: an exact answer, which any target
+    reaches)."""
+    if index_kind == "hnsw":
+        return list(EF_SEARCHES)
+    values = sorted({p for e in range(16) for p in (2**e, 3 * 2**e // 2) if 0 < p < lists})
+    return [*values, max(1, lists)]
+
+
 # --- index memory ----------------------------------------------------------------------------
 
 # Per-tuple bytes of an in-memory HNSW graph beyond the vector and its neighbour lists,
