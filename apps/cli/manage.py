@@ -135,7 +135,9 @@ def _calibration_line(st: dict) -> str:
         else:
             what = "no recall target applied yet (the next ingest chooses)"
         return printable(what + (f"; options {over}" if over else ""))
-    chosen = ", ".join(f"{k}={v}" for k, v in sorted(cal["options"].items())) or "as named"
+    chosen = ", ".join(f"{k}={v}" for k, v in sorted(cal["options"].items())) or (
+        "the options named" if cal.get("fixed") else "the store's own settings"
+    )
     measured = (
         f"recall@{cal['k']} {cal['recall']:.3f} on {cal['queries']} of its own vectors"
         if cal["queries"]
