@@ -14,9 +14,12 @@ The functions take ids as NumPy arrays of any kind (FAISS row ids, or string ids
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from rag.store import Calibration, OptionValue
 
 #: recall@K is what a calibration measures.
 K = 10
@@ -88,3 +91,27 @@ def smallest_reaching(
         if got >= target:
             return value, got, True
     return values[-1], got, False
+
+
+def recorder(
+    target: float, *, count: int, fixed: Mapping[str, OptionValue], started: float
+) -> Callable[[dict[str, OptionValue], float, int, str], Calibration]:
+    """A function ``(options, recall, queries, note) -> Calibration`` for one calibration of
+    a collection of ``count`` chunks begun at ``started`` (``time.perf_counter()``)."""
+
+    def record(
+        options: dict[str, OptionValue], recall: float, queries: int, note: str
+    ) -> Calibration:
+        return Calibration(
+            target=target,
+            options=options,
+            recall=round(recall, 4),
+            queries=queries,
+            count=count,
+            k=K,
+            fixed=dict(fixed),
+            seconds=round(time.perf_counter() - started, 3),
+            note=note,
+        )
+
+    return record

@@ -630,18 +630,10 @@ class FaissStore(StoreBase):
             index = self._opts["index"]
             param = {"hnsw": "ef_search", "ivf": "nprobe"}.get(str(index))
 
+            record = calibration.recorder(target, count=count, fixed=fixed, started=started)
+
             def result(recall: float, queries: int, note: str) -> Calibration:
-                return Calibration(
-                    target=target,
-                    options=chosen,
-                    recall=round(recall, 4),
-                    queries=queries,
-                    count=count,
-                    k=calibration.K,
-                    fixed=fixed,
-                    seconds=round(time.perf_counter() - started, 3),
-                    note=note,
-                )
+                return record(chosen, recall, queries, note)
 
             if param is None:
                 if "index" in fixed:

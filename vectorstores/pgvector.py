@@ -667,20 +667,7 @@ class PgvectorStore(StoreBase):
             count, kind = self.count(), self._layout.index_kind
             param = {"hnsw": "ef_search", "ivfflat": "probes"}.get(kind)
 
-            def result(
-                options: dict[str, OptionValue], recall: float, queries: int, note: str
-            ) -> Calibration:
-                return Calibration(
-                    target=target,
-                    options=options,
-                    recall=round(recall, 4),
-                    queries=queries,
-                    count=count,
-                    k=calibration.K,
-                    fixed=fixed,
-                    seconds=round(time.perf_counter() - started, 3),
-                    note=note,
-                )
+            result = calibration.recorder(target, count=count, fixed=fixed, started=started)
 
             if param is None:
                 return result({}, 1.0, 0, "index=none: exact scan")
