@@ -24,8 +24,9 @@ def migrate(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Copy ``settings.collection`` from ``source_store`` (at ``settings.store_url``, or its
-    embedded engine) to ``target_store`` (at ``target_url``, with ``settings.store_options``):
-    vectors, texts, metadata and the ingest record, in batches. The target ends up with
+    embedded engine) to ``target_store`` (at ``target_url``, with ``settings.store_options``,
+    saved with it): vectors, texts, metadata and the ingest record, in batches; the source's
+    store options and recall calibration go along only to a store of the same kind. The target ends up with
     exactly the source's chunks (extra ones are removed), and the counts are verified."""
     for name in (source_store, target_store):
         plugins.get("stores", name)  # a known store, before its name becomes a folder
@@ -53,7 +54,19 @@ def migrate(
                 f"collection {settings.collection!r} already exists in {target_store} with another "
                 f"embedder ({existing.embed_model}, {existing.dim}d); drop it first"
             )
-    m = replace(src.manifest, store=target_store)
+    # Store options and a recall calibration belong to a kind of store: they travel only to
+    # the same kind (another server of it); the target's own come from the settings, and a
+    # later ingest calibrates it.
+    same_kind = source_store == target_store
+    m = replace(
+        src.manifest,
+        store=target_store,
+        store_options={
+            **(src.manifest.store_options if same_kind else {}),
+            **settings.store_options,
+        },
+        calibration=src.manifest.calibration if same_kind else None,
+    )
     m.save(manifest_file)
     dst = Collection(dst_settings)
     bar = None

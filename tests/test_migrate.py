@@ -56,6 +56,8 @@ def test_migrate_preserves_counts_and_results(
     assert (
         status["embedder"]["model"] == "hashing-384" and status["chunks"] == ingest["total_chunks"]
     )
+    # The source store's options and calibration stay behind (another kind of store).
+    assert status["store_options"] == {}
     # The ingest record travelled too: the target is up to date, nothing to embed.
     again = json.loads(rag(env, "ingest", str(folder), "--store", target, "--json").stdout)
     assert (again["unchanged"], again["embedded"]) == (10, 0)
