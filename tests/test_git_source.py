@@ -18,7 +18,8 @@ from rag.collection import Collection, open_collection
 from rag.config import Settings
 from rag.errors import ConfigError, NothingToIndex
 from rag.source import SourceItem, SourceOptions, pick_source
-from rag.types import Document, Failure, Skipped
+from rag.types import Failure, Skipped
+from tests.source_support import spy_loads
 
 ALPHA = "# Alpha\n\nThe alpha file speaks of herons that fish at dawn in the harbour.\n"
 BETA = "# Beta\n\nThe beta file describes pelicans guarding the old lighthouse.\n"
@@ -108,15 +109,7 @@ def chunks_by_source(col: Collection) -> dict[str, list[dict]]:
 @pytest.fixture
 def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The ids GitSource.load reads, in order."""
-    seen: list[str] = []
-    original = GitSource.load
-
-    def spy(self: GitSource, item: SourceItem) -> list[Document]:
-        seen.append(item.id)
-        return original(self, item)
-
-    monkeypatch.setattr(GitSource, "load", spy)
-    return seen
+    return spy_loads(monkeypatch, GitSource)
 
 
 def test_a_commit_that_changes_one_file_and_deletes_another_costs_one_file(

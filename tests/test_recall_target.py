@@ -19,6 +19,7 @@ from rag.errors import CapabilityError, ConfigError
 from rag.filters import ALL_OPS
 from rag.store import Calibration, Capabilities, StoreBase, StoreConfig, calibrate
 from rag.types import Chunk
+from tests.source_support import write_topic_corpus
 from vectorstores.faiss import FaissStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,14 +174,7 @@ def settings(data_dir: Path, **kw: Any) -> Settings:
 @pytest.fixture
 def topic_corpus(tmp_path: Path) -> Path:
     """3,000 short paragraphs on 40 topics of 30 words, two to a 16-token chunk (fixed seed)."""
-    rng = np.random.default_rng(0)
-    topics = [[f"w{t}x{j}" for j in range(30)] for t in range(40)]
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    for f in range(30):
-        paras = [" ".join(rng.choice(topics[rng.integers(40)], 8)) + "." for _ in range(100)]
-        (folder / f"f{f}.md").write_text("\n\n".join(paras))
-    return folder
+    return write_topic_corpus(tmp_path / "corpus")
 
 
 def manifest(data_dir: Path) -> dict[str, Any]:

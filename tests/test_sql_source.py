@@ -22,7 +22,8 @@ from rag.collection import Collection, open_collection  # noqa: E402
 from rag.config import Settings  # noqa: E402
 from rag.errors import ConfigError, IngestError, NothingToIndex  # noqa: E402
 from rag.source import SourceItem, SourceOptions, open_source, pick_source  # noqa: E402
-from rag.types import Document, Failure  # noqa: E402
+from rag.types import Failure  # noqa: E402
+from tests.source_support import spy_loads  # noqa: E402
 
 PASSWORD = "pw-" + uuid.uuid4().hex  # unique, so that finding it anywhere means a leak
 HAS_PG = (
@@ -128,15 +129,7 @@ def col(tmp_path: Path) -> Iterator[Collection]:
 @pytest.fixture
 def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The ids SqlSource.load reads, in order."""
-    seen: list[str] = []
-    original = SqlSource.load
-
-    def spy(self: SqlSource, item: SourceItem) -> list[Document]:
-        seen.append(item.id)
-        return original(self, item)
-
-    monkeypatch.setattr(SqlSource, "load", spy)
-    return seen
+    return spy_loads(monkeypatch, SqlSource)
 
 
 def params(db: Db, **extra: str) -> dict[str, str]:
