@@ -79,13 +79,14 @@ class Site:
                 with site._lock:
                     site.in_flight += 1
                     site.most_in_flight = max(site.most_in_flight, site.in_flight)
+                done = threading.Event()
                 try:
-                    site._answer(self)
+                    site._answer(self, done)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 finally:
-                    with site._lock:
-                        site.in_flight -= 1
+                    if not done.is_set():
+                        site._done()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -108,7 +109,20 @@ class Site:
             out, self.log = self.log, []
         return out
 
-    def _answer(self, h: BaseHTTPRequestHandler) -> None:
+    def _done(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def _answer(self, h: BaseHTTPRequestHandler, done: threading.Event) -> None:
+        """Answer one request. It stops counting as in flight just before its answer goes
+        out, so a client that has its answer and asks again is never counted twice, and a
+        client that stops reading a streamed body is not counted while this thread writes on
+        (it learns of the close only on a later write)."""
+
+        def last() -> None:
+            self._done()
+            done.set()
+
         res = self.resources.get(h.path)
         inm, ims = h.headers.get("If-None-Match"), h.headers.get("If-Modified-Since")
         status = 404 if res is None else res.status
@@ -131,6 +145,7 @@ class Site:
             if res is not None and res.location:
                 h.send_header("Location", res.location)
             h.send_header("Content-Length", "9")
+            last()
             h.end_headers()
             h.wfile.write(b"no page\n\n")
             return
@@ -139,14 +154,17 @@ class Site:
         elif res.validator == "last-modified":
             h.send_header("Last-Modified", res.modified)
         if status == 304:
+            last()
             h.end_headers()
             return
         h.send_header("Content-Type", res.content_type)
         if not res.stream:
             h.send_header("Content-Length", str(len(res.body)))
+            last()
             h.end_headers()
             h.wfile.write(res.body)
             return
+        last()
         h.end_headers()
         for at in range(0, len(res.body), 65536):
             h.wfile.write(res.body[at : at + 65536])
