@@ -201,10 +201,42 @@ def test_iterative_scan_returns_k_at_one_percent(
             recall.append(
                 len({h.id for h in hits} & set(exact_ids(vecs, chunks, q, spec, 10))) / 10
             )
-        assert np.mean(recall) >= 0.8
+        assert forced.last_search["fetched"] == 100  # ef_search rows, the best 10 kept
+        assert np.mean(recall) >= 0.9
         # 0.2 %: the iterative scan walks further (or the store answers exactly).
         hits = forced.search(unit(rng, 1, DIM)[0], k=10, where=parse({"p": 7, "half": 1}))
         assert len(hits) == 10 and all(h.chunk.metadata["p"] == 7 for h in hits)
+    finally:
+        forced.close()
+
+
+def test_a_sparse_filter_keeps_the_nearest_of_ef_search_matches(
+    indexed: tuple[PgvectorStore, list[Chunk], np.ndarray],
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stopping the iterative scan at the first k matches loses recall; collecting
+    ef_search matches and keeping the k nearest brings it back."""
+    store, chunks, vecs = indexed
+    forced = PgvectorStore(
+        store.collection,
+        dim=DIM,
+        config=StoreConfig(root, options={"filtered_search": "index", "ef_search": 200}),
+    )
+    spec = {"p": 3}
+    queries = unit(np.random.default_rng(5), 20, DIM)
+    truth = [set(exact_ids(vecs, chunks, q, spec, 10)) for q in queries]
+
+    def recall() -> float:
+        found = [{h.id for h in forced.search(q, k=10, where=parse(spec))} for q in queries]
+        return float(np.mean([len(f & t) / 10 for f, t in zip(found, truth, strict=True)]))
+
+    try:
+        wide = recall()
+        with monkeypatch.context() as m:
+            m.setattr(PgvectorStore, "_fetch", lambda self, flt, how, k: k)
+            first_k = recall()
+        assert wide >= 0.95 and wide > first_k, (wide, first_k)
     finally:
         forced.close()
 

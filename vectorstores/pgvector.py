@@ -40,8 +40,9 @@ Search
     matches through it up to the break-even point and answers exactly below it (50k rows:
     1.3 ms at 1% against 38 ms for the HNSW scan); otherwise it takes the HNSW index with
     pgvector 0.8's iterative scan (``relaxed_order``; rows re-sorted by distance outside
-    the scan), which walks on until ``k`` rows match, within a budget of tuples that costs
-    about one exact scan. An index scan that still comes back short is repeated exactly, so
+    the scan), which walks on until ``ef_search`` rows match, of which the ``k`` nearest
+    are kept (stopping at the first ``k`` matches gave recall@10 0.82 at 1% of 1M rows),
+    within a budget of tuples that costs about one exact scan. An index scan that still comes back short is repeated exactly, so
     a search returns ``min(k, matching)`` rows. Search statements are never prepared: a
     cached plan would ignore the per-query ``SET LOCAL`` settings. ``filtered_search``
     pins the choice (``index`` or ``exact``); :meth:`PgvectorStore.explain` shows the plan.
@@ -311,28 +312,30 @@ class PgvectorStore(StoreBase):
         query = self._search_sql(clause)
         if explain:
             query = _SQL("EXPLAIN (ANALYZE, COSTS OFF) ") + query
-        params = [qv, *fparams, k]
 
         def read(conn: Any) -> list:
             self.last_search = None
             self._apply_policy(conn)
             applied: dict[str, str] = {}
             with conn.transaction():
-                how = "exact"
+                how, fetch = "exact", k
                 if self._indexed:
                     how = self._choose(conn, flt, clause, fparams, k)
                     applied = self._scan_settings(conn, k, how, forced=flt is not None)
-                rows = conn.execute(query, params, prepare=False).fetchall()
+                    fetch = self._fetch(flt, how, k)
+                rows = conn.execute(query, [qv, *fparams, fetch, k], prepare=False).fetchall()
                 if how == "index" and len(rows) < k and not explain:
                     # The index scan came back short (a filter past the scan's budget, or
                     # no iterative scan): answer exactly.
                     applied.update(self._scan_settings(conn, k, "exact", forced=False))
-                    rows = conn.execute(query, params, prepare=False).fetchall()
+                    fetch = k
+                    rows = conn.execute(query, [qv, *fparams, k, k], prepare=False).fetchall()
                     how = "index, then exact"
             self.last_search = {
                 **(self.last_search or {}),
                 "plan": how,
                 "rows": len(rows),
+                "fetched": fetch,
                 "settings": applied,
             }
             return rows
@@ -350,8 +353,20 @@ class PgvectorStore(StoreBase):
         return _SQL(
             "WITH hits AS MATERIALIZED (SELECT id, text, metadata, embedding <=> {target} "
             "AS distance FROM {t} {where} ORDER BY distance LIMIT %s) "
-            "SELECT id, text, metadata, distance FROM hits ORDER BY distance + 0"
+            "SELECT id, text, metadata, distance FROM hits ORDER BY distance + 0 LIMIT %s"
         ).format(target=target, t=self._table_id, where=where)
+
+    def _fetch(self, flt: Filter | None, how: str, k: int) -> int:
+        """Rows a filtered HNSW index scan collects before the best ``k`` are kept.
+
+        The iterative scan hands matching rows over as its walk meets them and stops at
+        the scan's LIMIT; asked for only ``k``, it stops at the first ``k`` matches, which
+        a sparse filter makes a poor sample of the nearest (recall@10 0.82 at 1% of 1M
+        rows). Asked for ``ef_search`` rows, it walks on as an unfiltered search's
+        candidate list would, and the ``k`` nearest of those are kept."""
+        if flt is None or how != "index" or self._layout.index_kind != "hnsw":
+            return k
+        return min(1000, max(int(self._opts["ef_search"]), k))
 
     def _choose(self, conn: Any, flt: Filter | None, clause: Any, params: list, k: int) -> str:
         """ "index" or "exact" for a search on a table with an ANN index; sets the budget."""
@@ -768,7 +783,7 @@ class PgvectorStore(StoreBase):
                     return [
                         [
                             number.get(r[0], -1)
-                            for r in conn.execute(search, [qv, k + 1], prepare=False)
+                            for r in conn.execute(search, [qv, k + 1, k + 1], prepare=False)
                         ]
                         for qv in queries
                     ]
