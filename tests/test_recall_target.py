@@ -20,6 +20,7 @@ from rag.filters import ALL_OPS
 from rag.store import Calibration, Capabilities, StoreBase, StoreConfig, calibrate
 from rag.types import Chunk
 from tests.source_support import write_topic_corpus
+from vectorstores import calibration
 from vectorstores.faiss import FaissStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,6 +99,34 @@ def test_ivf_gets_the_smallest_nprobe_that_reaches_the_target(tmp_path: Path) ->
     assert again._opts["nprobe"] == nprobe
     assert [[h.id for h in hits] for hits in again.search_many(vectors[:50], k=10)] == expected
     again.close()
+
+
+def test_a_choice_needs_the_target_within_its_confidence_bound() -> None:
+    # 200 queries: 190 find all ten neighbours, 10 find half: mean 0.975, bound 0.962.
+    qids = np.arange(200)
+    truth = np.arange(2000).reshape(200, 10) + 1000
+    found = [
+        [q, *t] if q >= 10 else [q, *t[:5], -1, -2, -3, -4, -5]
+        for q, t in zip(qids, truth, strict=True)
+    ]
+    got = calibration.recall(found, qids, truth)
+    assert got.mean == pytest.approx(0.975)
+    assert got.low == pytest.approx(
+        0.975 - 1.645 * np.std([1.0] * 190 + [0.5] * 10, ddof=1) / np.sqrt(200)
+    )
+    assert (
+        calibration.recall([[q, *t] for q, t in zip(qids, truth, strict=True)], qids, truth).low
+        == 1.0
+    )
+    # A mean at the target is not enough; the first value whose bound reaches it is chosen.
+    measured = {1: calibration.Recall(0.90, 0.88), 2: calibration.Recall(0.955, 0.945),
+                3: calibration.Recall(0.97, 0.96), 4: calibration.Recall(0.99, 0.985)}  # fmt: skip
+    assert calibration.smallest_reaching([1, 2, 3, 4], measured.__getitem__, 0.95) == (
+        3,
+        0.97,
+        True,
+    )
+    assert calibration.smallest_reaching([1, 2], measured.__getitem__, 0.95) == (2, 0.955, False)
 
 
 def test_named_options_are_kept_and_measured(tmp_path: Path) -> None:

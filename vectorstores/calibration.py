@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,6 +29,7 @@ MAX_QUERIES = 500
 MIN_QUERIES = 200
 _SCAN_BUDGET = 2e10  # multiply-adds of the exact scan
 SEED = 0
+_Z95 = 1.645  # one-sided 95% normal quantile
 
 
 def sample_size(count: int, dim: int) -> int:
@@ -69,28 +71,47 @@ def exact_neighbours(
     return np.take_along_axis(best_ids, order, axis=1)
 
 
-def recall(found: Sequence[Sequence], query_ids: np.ndarray, truth: np.ndarray) -> float:
-    """Mean recall@k of ``found`` (each query's ids, best first, searched for ``k + 1`` so
-    that the query's own id can be dropped) against ``truth`` (:func:`exact_neighbours`)."""
+@dataclass(frozen=True)
+class Recall:
+    """A measured recall: the sample's mean, and the one-sided 95% lower confidence bound
+    on the mean (``mean - 1.645 x standard error`` over the sample's queries)."""
+
+    mean: float
+    low: float
+
+
+def recall(found: Sequence[Sequence], query_ids: np.ndarray, truth: np.ndarray) -> Recall:
+    """Recall@k of ``found`` (each query's ids, best first, searched for ``k + 1`` so that
+    the query's own id can be dropped) against ``truth`` (:func:`exact_neighbours`)."""
     k = truth.shape[1]
-    total = 0.0
-    for own, row, exact in zip(query_ids, found, truth, strict=True):
-        got = [i for i in row if i != own][:k]
-        total += len(set(got) & set(exact.tolist())) / k
-    return total / len(truth)
+    each = np.array(
+        [
+            len(set([i for i in row if i != own][:k]) & set(exact.tolist())) / k
+            for own, row, exact in zip(query_ids, found, truth, strict=True)
+        ]
+    )
+    mean = float(each.mean())
+    error = float(each.std(ddof=1) / np.sqrt(len(each))) if len(each) > 1 else 0.0
+    return Recall(mean, mean - _Z95 * error)
 
 
 def smallest_reaching(
-    values: Sequence[int], measure: Callable[[int], float], target: float
+    values: Sequence[int], measure: Callable[[int], Recall], target: float
 ) -> tuple[int, float, bool]:
-    """The first of ``values`` (ascending) whose ``measure`` reaches ``target``, with its
-    recall and ``True``; else the last value, its recall and ``False``."""
-    got = 0.0
+    """The first of ``values`` (ascending) whose recall reaches ``target`` with 95%
+    confidence (its lower bound does), with its mean recall and ``True``; else the last
+    value, its mean recall and ``False``.
+
+    The bound, not the mean: a sample of 200 to 500 queries measures recall@10 to about
+    +-0.01, and a choice made on the mean falls short of the target about half the time
+    it is near it (at 1M vectors, nprobe 4 measured 0.955 on 200 of the collection's own
+    vectors and 0.946 on 500 held-out queries)."""
+    got = Recall(0.0, 0.0)
     for value in values:
         got = measure(value)
-        if got >= target:
-            return value, got, True
-    return values[-1], got, False
+        if got.low >= target:
+            return value, got.mean, True
+    return values[-1], got.mean, False
 
 
 def recorder(

@@ -701,7 +701,7 @@ class FaissStore(StoreBase):
 
         truth = calibration.exact_neighbours(queries, qids, batches(), k)
 
-        def measure(value: int) -> float:
+        def measure(value: int) -> calibration.Recall:
             self._opts[param] = value
             _, found = self._index_search(queries, k + 1, None)
             return calibration.recall(found, qids, truth)

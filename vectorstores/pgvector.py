@@ -735,7 +735,9 @@ class PgvectorStore(StoreBase):
             )
         return named
 
-    def _recall_meter(self, count: int, param: str) -> tuple[int, Callable[[int], float]]:
+    def _recall_meter(
+        self, count: int, param: str
+    ) -> tuple[int, Callable[[int], calibration.Recall]]:
         """The sample size, and a function from a value of ``param`` to the recall@10 that
         searches give at it, on a sample of the collection's own vectors (each query's own
         row left out), against an exact scan (:mod:`vectorstores.calibration`)."""
@@ -773,7 +775,7 @@ class PgvectorStore(StoreBase):
         truth = calibration.exact_neighbours(queries, picked, batches(), k)
         search = self._search_sql(None)
 
-        def measure(value: int) -> float:
+        def measure(value: int) -> calibration.Recall:
             self._opts[param] = value
 
             def read(conn: Any) -> list[list[int]]:
