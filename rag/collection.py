@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
     from rag.chunking import ChunkerSettings
     from rag.embeddings import Embedder
+    from rag.engines import Engine
     from rag.generation import Generator
     from rag.indexing import IngestReport, ProgressCallback
     from rag.monitoring import QueryEvent, QueryLog
@@ -246,12 +247,15 @@ class Collection:
         cleanup: str = "full",
         progress: ProgressCallback | None = None,
         params: Mapping[str, str] | Sequence[tuple[str, str]] = (),
+        engine: Engine | None = None,
     ) -> IngestReport:
         """Bring the collection in line with ``paths`` read by the source plugin ``source``
         (see :mod:`rag.indexing`): new and changed items are added, unchanged ones cost
         nothing, and with ``cleanup="full"`` items gone from what the source covers are
         removed. ``params`` are the source's own options (:mod:`rag.source`); the source may
-        keep state between runs in ``<collection>/sources/<source>/``."""
+        keep state between runs in ``<collection>/sources/<source>/``. An ``engine``
+        (:mod:`rag.engines`) reads, chunks and embeds elsewhere; this process still plans,
+        writes the store and keeps the records."""
         pairs = params.items() if isinstance(params, Mapping) else params
         options = SourceOptions(
             targets=tuple(os.fspath(p) for p in paths),
@@ -282,7 +286,9 @@ class Collection:
                 manifest.embed_model, manifest.embed_backend, manifest.dim
             )
             try:
-                report = self._run_ingest(reader, cache, chunking, rechunk, cleanup, progress)
+                report = self._run_ingest(
+                    reader, cache, chunking, rechunk, cleanup, progress, engine
+                )
             finally:
                 cache.close()
             if report.chunks or report.deleted:
@@ -380,11 +386,25 @@ class Collection:
         rechunk: bool,
         cleanup: str,
         progress: ProgressCallback | None,
+        engine: Engine | None = None,
     ) -> IngestReport:
         """Run the pipeline; a store found damaged is emptied and the run repeated, with
         every recorded item that still exists read again (from the embedding cache)."""
         from rag.chunking import Chunker
+        from rag.engines import Recipe
         from rag.indexing import Ingestor
+
+        recipe = None
+        if engine is not None:
+            chunker = Chunker.for_embedder(chunking, self.embedder)
+            recipe = Recipe(
+                self.embed_model,
+                self.embed_backend,
+                self.settings.embed_batch_size,
+                os.fspath(models_dir(self.settings)),
+                chunker.size,
+                chunker.overlap,
+            )
 
         def ingestor() -> Ingestor:
             return Ingestor(
@@ -394,6 +414,8 @@ class Collection:
                 chunker=lambda: Chunker.for_embedder(chunking, self.embedder),
                 cache=cache,
                 rechunk=rechunk,
+                engine=engine,
+                recipe=recipe,
             )
 
         try:

@@ -10,6 +10,10 @@ embeds batches of chunk texts (skipping texts already in the embedding cache); a
 thread puts finished batches into the store. Queues between them are bounded, so memory
 stays flat however large the folder.
 
+An :class:`~rag.engines.Engine` may run the read, chunk and embed stages elsewhere (a Ray
+cluster): the items it gets back go through the same checks and the same writer, so the
+store and the records are written here, by this process alone, either way.
+
 For every changed source the writer records the chunk ids it is about to write (pending),
 writes them, deletes the source's stale chunks, then commits the record. A crash anywhere
 leaves the store holding only ids that some record names, and the next run completes or
@@ -18,16 +22,18 @@ undoes the interrupted work (see :mod:`rag.records`).
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rag.errors import ConfigError, IngestError, NothingToIndex
+from rag.engines import Engine, ItemResult, Recipe, WorkItem, read_item
+from rag.errors import ConfigError
 from rag.records import CachedVectors, EmbeddingCache, RecordStore, SourceRecord
 from rag.source import Source, SourceItem
 from rag.store import VectorStore
@@ -110,6 +116,23 @@ class _Loaded:
     content_hash: str = ""
     failure: Failure | None = None
     skipped: Skipped | None = None
+    #: Vectors of ``chunks`` when an engine embedded them, and the model's seconds.
+    vectors: np.ndarray | None = None
+    embed_seconds: float = 0.0
+
+    @classmethod
+    def of(cls, result: ItemResult, record: SourceRecord | None) -> _Loaded:
+        r = result
+        return cls(
+            r.item,
+            record,
+            r.chunks,
+            r.content_hash,
+            r.failure,
+            r.skipped,
+            r.vectors,
+            r.embed_seconds,
+        )
 
 
 @dataclass
@@ -133,9 +156,14 @@ class Ingestor:
         chunker: Callable[[], Chunker],
         cache: EmbeddingCache | None,
         rechunk: bool = False,
+        engine: Engine | None = None,
+        recipe: Recipe | None = None,
     ) -> None:
         # The embedder and chunker are built on first use: an ingest that finds nothing
-        # changed never loads the model.
+        # changed never loads the model. With an ``engine``, they are built where it runs,
+        # from the ``recipe``.
+        if engine is not None and recipe is None:
+            raise ConfigError("an ingest engine needs the collection's recipe")
         self.store = store
         self.records = records
         self._embedder_factory = embedder
@@ -145,6 +173,8 @@ class Ingestor:
         self._factory_lock = threading.Lock()
         self.cache = cache
         self.rechunk = rechunk
+        self.engine = engine
+        self.recipe = recipe
 
     @property
     def embedder(self) -> Embedder:
@@ -237,7 +267,6 @@ class Ingestor:
         report: IngestReport,
         progress: ProgressCallback | None,
     ) -> None:
-        loaded_q: queue.Queue[_Loaded | None] = queue.Queue(maxsize=64)
         write_q: queue.Queue[tuple[list[Chunk], np.ndarray, list[_Loaded]] | None] = queue.Queue(
             maxsize=2
         )
@@ -263,17 +292,6 @@ class Ingestor:
                 if progress is not None:
                     progress(replace(state))
 
-        def reader() -> None:
-            try:
-                for ref, record in todo:
-                    if stop.is_set():
-                        break
-                    loaded_q.put(self._load(source, ref, record))
-            except BaseException as e:  # surfaced in the calling thread
-                errors.append(e)
-            finally:
-                loaded_q.put(None)
-
         pending: dict[str, _Pending] = {}
 
         def writer() -> None:
@@ -288,18 +306,18 @@ class Ingestor:
                 while write_q.get() is not None:  # let the producer finish
                     pass
 
-        threads = [
-            threading.Thread(target=reader, name="rag-read", daemon=True),
-            threading.Thread(target=writer, name="rag-write", daemon=True),
-        ]
-        for t in threads:
-            t.start()
+        thread = threading.Thread(target=writer, name="rag-write", daemon=True)
+        thread.start()
+        if self.engine is None:
+            stream = self._read_here(source, todo, stop)
+        else:
+            stream = self._read_remote(self.engine, source, todo)
         try:
             batch: list[Chunk] = []
             finished: list[_Loaded] = []
-            while (loaded := loaded_q.get()) is not None:
+            for loaded in stream:
                 if stop.is_set():
-                    continue
+                    break
                 if loaded.failure is not None:
                     report.failed.append(loaded.failure)
                     advance(files_done=1, failed=1)
@@ -321,6 +339,9 @@ class Ingestor:
                 batch.extend(loaded.chunks)
                 finished.append(loaded)
                 advance(chunks_total=len(loaded.chunks))
+                if loaded.vectors is not None:  # embedded elsewhere: done as it arrives
+                    n = len(loaded.chunks)
+                    advance(chunks=n, embedded=n, embed_seconds=loaded.embed_seconds)
                 if len(batch) >= _EMBED_BATCH:
                     write_q.put(self._embed(batch, finished, report, advance))
                     batch, finished = [], []
@@ -330,30 +351,73 @@ class Ingestor:
             stop.set()
             raise
         finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()  # stops the reader, or the engine's run
             write_q.put(None)
-            for t in threads:
-                t.join()
+            thread.join()
         if errors:
             raise errors[0]
 
-    def _load(self, source: Source, ref: SourceItem, record: SourceRecord | None) -> _Loaded:
-        out = _Loaded(ref, record)
+    def _read_here(
+        self,
+        source: Source,
+        todo: list[tuple[SourceItem, SourceRecord | None]],
+        stop: threading.Event,
+    ) -> Iterator[_Loaded]:
+        """The items read, parsed and chunked by a reader thread, ahead of the model."""
+        loaded_q: queue.Queue[_Loaded | None] = queue.Queue(maxsize=64)
+        errors: list[BaseException] = []
+
+        def reader() -> None:
+            try:
+                for ref, record in todo:
+                    if stop.is_set():
+                        break
+                    loaded_q.put(self._load(source, ref, record))
+            except BaseException as e:  # surfaced in the calling thread
+                errors.append(e)
+            finally:
+                loaded_q.put(None)
+
+        thread = threading.Thread(target=reader, name="rag-read", daemon=True)
+        thread.start()
         try:
-            docs = source.load(ref)
-            out.content_hash = str(docs[0].metadata.get("content_hash", "")) if docs else ""
-            if self._same_content(out):
-                return out
-            chunks = self.chunker.chunk(docs)
-            if not chunks:
-                raise NothingToIndex("no text to index")
-            out.chunks = chunks
-        except NothingToIndex as e:
-            out.skipped = Skipped(ref.id, str(e))
-        except IngestError as e:
-            out.failure = Failure(ref.id, str(e))
-        except OSError as e:
-            out.failure = Failure(ref.id, e.strerror or str(e))
-        return out
+            while (loaded := loaded_q.get()) is not None:
+                yield loaded
+        finally:
+            if loaded is not None:  # closed early: stop the reader and let it finish
+                stop.set()
+                while loaded is not None:
+                    loaded = loaded_q.get()
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    def _read_remote(
+        self,
+        engine: Engine,
+        source: Source,
+        todo: list[tuple[SourceItem, SourceRecord | None]],
+    ) -> Iterator[_Loaded]:
+        """The items read, chunked and embedded by ``engine``, as its results come back."""
+        assert self.recipe is not None
+        records = {ref.id: record for ref, record in todo}
+        work = [WorkItem(ref, self._previous_hash(record)) for ref, record in todo]
+        for result in engine.compute(source, work, self.recipe):
+            yield _Loaded.of(result, records[result.item.id])
+
+    def _previous_hash(self, record: SourceRecord | None) -> str:
+        """The content hash an item whose bytes are unchanged still has (none to compare
+        when re-chunking: every item is cut again)."""
+        if self.rechunk or record is None or not record.committed:
+            return ""
+        return record.content_hash
+
+    def _load(self, source: Source, ref: SourceItem, record: SourceRecord | None) -> _Loaded:
+        # The chunker (and so the model) is built only for an item that needs chunking.
+        work = WorkItem(ref, self._previous_hash(record))
+        return _Loaded.of(read_item(source, work, lambda docs: self.chunker.chunk(docs)), record)
 
     def _same_content(self, loaded: _Loaded) -> bool:
         r = loaded.record
@@ -380,7 +444,9 @@ class Ingestor:
         advance: Callable[..., None],
     ) -> tuple[list[Chunk], np.ndarray, list[_Loaded]]:
         texts = [c.text for c in batch]
-        if self.cache is None:
+        if any(f.vectors is not None for f in finished):
+            got = self._embedded_elsewhere(texts, finished)
+        elif self.cache is None:
             t0 = time.perf_counter()
             vectors = self.embedder.embed(texts)
             got = CachedVectors(vectors, len(texts), 0, time.perf_counter() - t0)
@@ -389,8 +455,21 @@ class Ingestor:
         report.embed_seconds += got.seconds
         report.embedded += got.embedded
         report.cached += got.cached
-        advance(chunks=len(texts), embedded=got.embedded, embed_seconds=got.seconds)
+        if not any(f.vectors is not None for f in finished):  # an engine's were counted
+            advance(chunks=len(texts), embedded=got.embedded, embed_seconds=got.seconds)
         return batch, got.vectors, finished
+
+    def _embedded_elsewhere(self, texts: list[str], finished: list[_Loaded]) -> CachedVectors:
+        """The vectors an engine sent with the items (in the batch's order), kept in the
+        embedding cache too, so that a later local ingest of the same texts finds them."""
+        vectors = np.concatenate([np.asarray(f.vectors, dtype=np.float32) for f in finished])
+        if len(vectors) != len(texts):
+            raise RuntimeError(f"the engine sent {len(vectors)} vectors for {len(texts)} chunks")
+        if self.cache is not None:
+            hashes = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
+            self.cache.store(hashes, [row.tobytes() for row in vectors])
+        seconds = sum(f.embed_seconds for f in finished)
+        return CachedVectors(vectors, embedded=len(texts), cached=0, seconds=seconds)
 
     def _write(
         self,

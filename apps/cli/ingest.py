@@ -82,6 +82,75 @@ def _configure(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep the collection in sync as files change (filesystem source only)",
     )
+    _add_engine_options(p)
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine options")
+    g.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="where files are read, chunked and embedded: local (default, this process) or "
+        "ray (a Ray cluster; this process still writes the store and the records)",
+    )
+    g.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="the Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default RAY_ADDRESS, "
+        "else a Ray started here for this ingest)",
+    )
+    g.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="embedding actors (default: as many as the cluster's CPUs, or GPUs, allow)",
+    )
+    g.add_argument(
+        "--ray-batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="files (source items) an actor reads, chunks and embeds at a time (default 16)",
+    )
+    g.add_argument(
+        "--ray-num-cpus",
+        type=float,
+        default=None,
+        metavar="N",
+        help="CPUs each embedding actor reserves (default 1)",
+    )
+    g.add_argument(
+        "--ray-num-gpus",
+        type=float,
+        default=None,
+        metavar="N",
+        help="GPUs each embedding actor reserves (default 0; needs --embed-backend torch)",
+    )
+
+
+def engine_from_args(args: argparse.Namespace) -> Any:
+    """The engine the options name (``None``: the local pipeline), every ``--ray-*`` option
+    given reaching it; a ``--ray-*`` option without ``--engine ray`` is an error."""
+    ray_options = {
+        "--ray-address": ("address", args.ray_address),
+        "--ray-workers": ("workers", args.ray_workers),
+        "--ray-batch-size": ("batch_size", args.ray_batch_size),
+        "--ray-num-cpus": ("num_cpus", args.ray_num_cpus),
+        "--ray-num-gpus": ("num_gpus", args.ray_num_gpus),
+    }
+    given = {flag: pair for flag, pair in ray_options.items() if pair[1] is not None}
+    if args.engine != "ray":
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply with --engine ray")
+        return None
+    if args.watch:
+        raise ConfigError("--watch runs here, as files change: leave out --engine ray")
+    from connectors.ray_engine import RayEngine, RaySettings
+
+    return RayEngine(RaySettings(**dict(given.values())))
 
 
 #: The flags the installed sources declare: dest -> option name.
@@ -147,6 +216,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--watch follows files and folders: it needs --source filesystem")
     if args.watch and params:
         raise ConfigError("--watch takes no source options")
+    engine = engine_from_args(args)
     with open_collection(settings, create=True) as col, model_notes(not (args.quiet or as_json)):
         if args.watch:
             from apps.cli.watch import watch
@@ -170,6 +240,7 @@ def _run(args: argparse.Namespace) -> int:
                 cleanup=args.cleanup,
                 progress=bar,
                 params=params,
+                engine=engine,
             )
         finally:
             if bar is not None:

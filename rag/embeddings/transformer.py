@@ -1,4 +1,6 @@
-"""The ``torch`` embedding backend: a sentence-transformers model on PyTorch (CPU)."""
+"""The ``torch`` embedding backend: a sentence-transformers model on PyTorch, on the GPU
+when PyTorch sees one (a CUDA build of torch; a Ray actor given ``--ray-num-gpus``), else
+on the CPU."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from rag.errors import EmbeddingError, MissingDependencyError
 
 
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model running on PyTorch (CPU)."""
+    """A sentence-transformers model running on PyTorch; ``device`` is ``cuda`` when PyTorch
+    sees a GPU, else ``cpu``."""
 
     backend = "torch"
 
@@ -27,10 +30,12 @@ class SentenceTransformerEmbedder:
         self.id, location = resolve_model(model)
         self.batch_size = batch_size
         quiet_transformers()
+        import torch
         from sentence_transformers import SentenceTransformer
 
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
-            self._model = SentenceTransformer(location, device="cpu")
+            self._model = SentenceTransformer(location, device=self.device)
         except Exception as e:
             raise EmbeddingError(
                 f"could not load the embedding model {model!r}: {e}. Offline, give a local "
