@@ -222,6 +222,14 @@ def _connect(ray: Any, s: RaySettings) -> bool:
         except BaseException as e:
             outcome.append(e)
 
+    if not address or address == "local":
+        # A Ray of our own, started here: no network wait to bound, and a Ray started from
+        # another thread loses its object store connection when that thread ends.
+        init()
+        if outcome[0] is not None:
+            raise IngestError(f"cannot start a local Ray: {outcome[0]}") from outcome[0]
+        return True
+
     # In a thread, to bound the wait; Ray then warns that it cannot set its SIGTERM handler
     # there, which does not matter to a driver: quiet it.
     quiet = logging.getLogger("ray")

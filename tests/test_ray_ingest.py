@@ -139,7 +139,9 @@ def clean_ingest(folder: Path, data_dir: Path, name: str, dsn: str, **kw: bool) 
     return snapshot(s)
 
 
-def cli_ingest(folder: Path, data_dir: Path, name: str, dsn: str, *args: str) -> subprocess.Popen:
+def cli_ingest(
+    folder: Path, data_dir: Path, name: str, dsn: str, *args: str, env: dict | None = None
+) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -161,7 +163,7 @@ def cli_ingest(folder: Path, data_dir: Path, name: str, dsn: str, *args: str) ->
         "ray",
         *args,
     ]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
 def run_cli(*a: object, **kw: object) -> dict:
@@ -198,6 +200,24 @@ def test_ray_ingest_equals_local_and_stays_incremental(
     assert (third["added"], third["updated"], third["deleted"]) == (1, 1, 1)
     assert third["unchanged"] == FILES - 2
     assert_same(snapshot(settings(data, "viaray", pg)), clean_ingest(folder, data, "local2", pg))
+
+
+def test_without_an_address_a_ray_of_its_own_is_started_and_shut_down(
+    pg: str, tmp_path: Path
+) -> None:
+    """``rag ingest DIR --engine ray`` with no cluster: the CLI starts a Ray of its own (from
+    its main thread: started from another, it lost its object store and the process died
+    without a word) and ends it."""
+    _need_ray()
+    folder = tmp_path / "docs"
+    write_corpus(folder, 20)
+    data = tmp_path / "rag"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = cli_ingest(folder, data, "ownray", pg, "--ray-workers", "1", env=env)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert json.loads(out)["added"] == 20
+    assert_same(snapshot(settings(data, "ownray", pg)), clean_ingest(folder, data, "own", pg))
 
 
 def test_options_reach_ray_and_a_killed_actor_is_replaced(
