@@ -33,13 +33,20 @@ from eval.datasets import load_beir
 from rag.config import DEFAULT_EMBED_MODEL
 from rag.embeddings import Embedder
 from rag.embeddings.models import resolve_model
-from rag.embeddings.onnx_export import DEFAULT_INT8_RECIPE, QuantRecipe, onnx_session
+from rag.embeddings.onnx_export import (
+    AVX2_INT8_RECIPE,
+    DEFAULT_INT8_RECIPE,
+    VNNI_INT8_RECIPE,
+    QuantRecipe,
+    onnx_session,
+)
 from rag.embeddings.onnx_runtime import OnnxEmbedder
 from rag.embeddings.transformer import SentenceTransformerEmbedder
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Recipes this study compares (``DEFAULT_INT8_RECIPE`` is picked from them). Names: ``plain``
+#: Recipes this study compares (``DEFAULT_INT8_RECIPE`` is one of the last two, by the CPU's
+#: VNNI; ``int8:default`` names it). Names: ``plain``
 #: quantises the graph as torch exported it, ``fused`` the graph after ONNX Runtime's
 #: transformer fusions; ``u8``/``s8`` the weight type; ``pc`` per-channel weight scales;
 #: ``rr`` 7-bit weights (reduce_range); ``keep-X`` leaves nodes X in fp32.
@@ -69,7 +76,8 @@ RECIPES: dict[str, QuantRecipe] = {
             exclude=(r"layer\.\d+/output/dense/", r"^Attention_0$", r"layer\.0/"),
             **_U8_PC,
         ),
-        DEFAULT_INT8_RECIPE,
+        AVX2_INT8_RECIPE,
+        VNNI_INT8_RECIPE,
     )
 }
 DEFAULT_VARIANTS = (
@@ -258,6 +266,7 @@ def run(
         "chunk": chunk,
         "batch_size": batch_size,
         "host": host_info(built),
+        "default_int8_recipe_name": DEFAULT_INT8_RECIPE.name,
         "load_average_1m": [round(x, 2) for x in load],
         "results": rows,
     }
@@ -270,6 +279,13 @@ def _ms(seconds: list[float], pct: float) -> float | None:
 def host_info(built: dict[str, Embedder]) -> dict[str, Any]:
     import onnxruntime
 
+    threads = {getattr(e, "threads", None) for e in built.values()} - {None}
+    return {**cpu_info(), "onnx_threads": sorted(threads), "onnxruntime": onnxruntime.__version__}
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name and the instruction sets that decide INT8 speed, from
+    ``/proc/cpuinfo``; printed beside every speed figure."""
     cpu, flags = "", ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -282,30 +298,56 @@ def host_info(built: dict[str, Embedder]) -> dict[str, Any]:
     isa = [
         f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f" {f}" in flags
     ]
-    threads = {getattr(e, "threads", None) for e in built.values()} - {None}
     return {
         "cpu": cpu or platform.processor(),
         "isa": isa,
         "logical_cpus": os.cpu_count(),
-        "onnx_threads": sorted(threads),
         "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
     }
+
+
+def attach_ndcg(result: dict[str, Any], spec: str) -> None:
+    """Adds SciFact dense nDCG@10 to the rows from ``rag eval retrieval`` result files:
+    ``spec`` is ``variant=path,...`` (the files record the backend they measured)."""
+    rows = {r["variant"]: r for r in result["results"]}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        name, _, path = item.partition("=")
+        if name not in rows:
+            raise SystemExit(f"--ndcg names {name!r}, which is not among the variants")
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows[name]["ndcg@10"] = data["modes"]["dense"]["ndcg@10"]
+        rows[name]["ndcg_file"] = path
+        rows[name]["ndcg_backend"] = data.get("embed_backend")
+    ref = rows.get(result["reference"], {}).get("ndcg@10")
+    for r in rows.values():
+        if ref is not None and "ndcg@10" in r:
+            r["ndcg_vs_ref"] = round(r["ndcg@10"] - ref, 4)
 
 
 def markdown(result: dict[str, Any]) -> str:
     ref = result["reference"]
-    head = (
-        f"| variant | passages/s | x {ref} | passages/CPU-s | query p50 ms | mean cos "
-        "| min cos | top-10 overlap | file MB |"
-    )
-    lines = [head, "|" + "---|" * 9]
+    host = result["host"]
+    lines = [
+        f"CPU: {host['cpu']}; flags {' '.join(host['isa']) or 'none of interest'}; "
+        f"{host['logical_cpus']} logical CPUs, ONNX threads {host['onnx_threads']}, "
+        f"onnxruntime {host['onnxruntime']}; default INT8 recipe "
+        f"{result.get('default_int8_recipe_name', '?')}; load average "
+        f"{result['load_average_1m']}",
+        "",
+        f"| variant | passages/s | x {ref} | passages/CPU-s | x {ref} (CPU) | query p50 ms "
+        "| mean cos | min cos | top-10 overlap | SciFact nDCG@10 | file MB |",
+        "|" + "---|" * 11,
+    ]
+    base_cpu = next(r for r in result["results"] if r["variant"] == ref)["passages_per_cpu_s"]
     for r in result["results"]:
+        ndcg = f"{r['ndcg@10']:.4f}" if "ndcg@10" in r else "-"
+        if "ndcg_vs_ref" in r and r["variant"] != ref:
+            ndcg += f" ({r['ndcg_vs_ref']:+.4f})"
         lines.append(
             f"| {r['variant']} | {r['passages_per_s']:.1f} | {r['speed_vs_ref']:.2f} "
-            f"| {r['passages_per_cpu_s']:.1f} "
+            f"| {r['passages_per_cpu_s']:.1f} | {r['passages_per_cpu_s'] / base_cpu:.2f} "
             f"| {r['query_p50_ms'] or '-'} | {r['mean_cos']:.4f} | {r['min_cos']:.4f} "
-            f"| {r['top10_overlap']:.3f} | {r['file_mb']:.1f} |"
+            f"| {r['top10_overlap']:.3f} | {ndcg} | {r['file_mb']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -333,6 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="main",
         help="the key this run is stored under in --out; runs under other keys are kept",
     )
+    p.add_argument(
+        "--ndcg",
+        default="",
+        help="variant=path,...: SciFact dense nDCG@10 from `rag eval retrieval --out` files, "
+        "shown beside the speed (e.g. torch=eval/results/retrieval-scifact-faiss-torch.json)",
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = run(
@@ -345,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         chunk=args.chunk,
     )
+    if args.ndcg:
+        attach_ndcg(result, args.ndcg)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     runs = json.loads(args.out.read_text()).get("runs", {}) if args.out.is_file() else {}
     runs[args.section] = result

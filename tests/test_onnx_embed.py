@@ -29,9 +29,11 @@ from rag.embeddings.onnx_runtime import OnnxEmbedder
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Measured by eval/quantization.py (2,000 SciFact passages): the default recipe's mean
-#: cosine to torch's vectors, less a margin for texts unlike those.
-INT8_MEAN_COS_FLOOR = 0.990
+#: The default recipe's mean cosine to torch's vectors, less a margin for texts unlike
+#: SciFact's: on a VNNI CPU (signed weights per channel, every product in INT8) 0.9946 on 300
+#: SciFact passages (eval/quantization.py) and 0.989 on TEXTS below; SciFact nDCG@10 0.6494
+#: against torch's 0.6520 (docs/benchmarks.md).
+INT8_MEAN_COS_FLOOR = 0.985
 
 TEXTS = [
     "A man is eating food.",
@@ -183,6 +185,23 @@ def test_int8_is_close_and_normalised(int8: OnnxEmbedder, torch_embedder: Embedd
     assert cos.mean() > INT8_MEAN_COS_FLOOR and cos.min() > 0.95
     # It still tells related texts from unrelated ones.
     assert float(got[0] @ got[1]) > float(got[0] @ got[12]) + 0.3
+
+
+def test_the_served_graphs_are_fused_and_quantised(fp32: OnnxEmbedder, int8: OnnxEmbedder) -> None:
+    import onnx
+
+    def ops(path: Path) -> set[str]:
+        return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+
+    # Attention, GELU and embedding fused; layer norms not fused with their residual Add
+    # (ONNX Runtime's SkipLayerNormalization kernel was 8x slower on CPU).
+    assert {"Attention", "BiasGelu", "EmbedLayerNormalization"} <= ops(fp32.path)
+    assert "SkipLayerNormalization" not in ops(fp32.path)
+    assert int8.recipe == onnx_export.DEFAULT_INT8_RECIPE
+    quantised = ops(int8.path)
+    assert "QAttention" in quantised and "SkipLayerNormalization" not in quantised
+    if int8.recipe == onnx_export.VNNI_INT8_RECIPE:  # every matrix product in INT8
+        assert "MatMul" not in quantised and "Attention" not in quantised
 
 
 def test_batches_restore_the_input_order(cache: Path, fp32: OnnxEmbedder) -> None:

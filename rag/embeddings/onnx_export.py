@@ -10,12 +10,13 @@ and cached under ``cache_dir/<slug>-<hash>/`` (``cache_dir`` is one folder per u
     model-opt.onnx                the same after ONNX Runtime's transformer fusions
     model-int8-<recipe>.onnx      dynamic INT8 quantisation (see ``QuantRecipe``)
 
-and only the graphs a backend loads stay (``onnx-int8``: its INT8 graph, 33 MB for the
-default model; ``onnx``: the fused graph, or the plain one where the fusions fail), with
-``export.json`` (what was exported, from which files, with which versions, and which graphs
-are kept) and an empty ``.lock``. The intermediates are made again when another backend or
-recipe needs them. An export made from the same model folder before its files were replaced
-(a reinstalled package) is deleted once the new one is made.
+and only the graphs a backend loads stay (``onnx-int8``: its INT8 graph, 23 MB for the
+default model with VNNI, 33 MB on AVX2; ``onnx``: the fused graph, or the plain one where
+the fusions fail), with ``export.json`` (what was exported, from which files, with which
+versions, and which graphs are kept) and an empty ``.lock``. The intermediates are made
+again when another backend or recipe needs them. An export made from the same model folder
+before its files were replaced (a reinstalled package), or by an older version of this
+module (:data:`EXPORT_VERSION`), is deleted once the new one is made.
 
 An export takes seconds, so it is announced on the ``rag.embeddings`` logger at INFO (what
 is being made, then how long it took), for a command to show.
@@ -48,9 +49,12 @@ from rag.errors import EmbeddingError, MissingDependencyError
 
 logger = logging.getLogger("rag.embeddings")
 
-#: Bump when the export or its file layout changes: a new version exports afresh.
+#: Bump when the export or its file layout changes: a new version exports afresh (and the
+#: older export of the same model folder is deleted as stale, :func:`_drop_stale`).
 #: 2: intermediates deleted, the kept graphs listed in export.json's "served".
-EXPORT_VERSION = 2
+#: 3: no SkipLayerNormalization fusion (see :data:`DISABLED_ORT_FUSIONS`); signed INT8 weights
+#:    per channel on CPUs with VNNI.
+EXPORT_VERSION = 3
 OPSET = 17
 #: Packages whose versions ``export.json`` records.
 _EXPORT_PACKAGES = ("torch", "transformers", "onnxruntime", "onnx")
@@ -88,16 +92,48 @@ class QuantRecipe:
         return f"{self.name}-{digest[:8]}"
 
 
-#: Chosen by ``eval/quantization.py`` (results in eval/results/quantization.json): the fused
-#: graph, UINT8 weights with per-channel scales (no int16 saturation on AVX2 without VNNI), and
+#: For CPUs without VNNI (AVX2), chosen there by ``eval/quantization.py``: the fused graph,
+#: UINT8 weights with per-channel scales (signed weights saturate AVX2's int16 products), and
 #: the feed-forward output projections kept in fp32 (their GELU inputs have outliers that one
 #: dynamic per-tensor activation scale handles badly; they cost the most quality).
-DEFAULT_INT8_RECIPE = QuantRecipe(
+AVX2_INT8_RECIPE = QuantRecipe(
     "u8-pc-keep-ffn2",
     weight_type="quint8",
     per_channel=True,
     exclude=(r"layer\.\d+/output/dense/",),
 )
+#: For CPUs with VNNI (AVX-512 VNNI, AVX-VNNI, AMX), where ONNX Runtime multiplies uint8
+#: activations by int8 weights at full rate but runs uint8 x uint8 on a slow path: every
+#: matrix product in INT8 (QAttention, DynamicQuantizeMatMul) with per-channel scales, which
+#: hold the quality that per-tensor scales lose (mean cosine 0.995 against 0.936 to fp32).
+VNNI_INT8_RECIPE = QuantRecipe("s8-pc", weight_type="qint8", per_channel=True)
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this CPU multiplies int8 at full rate (AVX-512 VNNI, AVX-VNNI or AMX-INT8).
+    Read from ``/proc/cpuinfo``; False where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    except OSError:
+        pass
+    return False
+
+
+def default_int8_recipe() -> QuantRecipe:
+    """The INT8 recipe for this CPU: :data:`VNNI_INT8_RECIPE` or :data:`AVX2_INT8_RECIPE`."""
+    return VNNI_INT8_RECIPE if cpu_has_vnni() else AVX2_INT8_RECIPE
+
+
+#: The default on this machine (``eval/quantization.py``'s ``int8:default``).
+DEFAULT_INT8_RECIPE = default_int8_recipe()
+#: ONNX Runtime fusions left out, in the saved graph and in every session: with ONNX Runtime
+#: 1.32 on CPU, SkipLayerNormalization took 17.5 ms on a (32, 256, 384) batch where
+#: LayerNormalization and Add took 2.0 and about 2.3 (one thread), 15% of the INT8 graph's time.
+DISABLED_ORT_FUSIONS = ("SkipLayerNormFusion",)
 
 
 # --------------------------------------------------------------------------- model folder
@@ -277,7 +313,12 @@ def onnx_session(path: Path, threads: int) -> Any:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            str(path),
+            so,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(DISABLED_ORT_FUSIONS),
+        )
     except Exception as e:
         raise EmbeddingError(f"onnxruntime cannot load {path}: {e}") from e
 
@@ -391,7 +432,8 @@ def export_onnx(spec: ModelSpec, dest: Path) -> None:
 
 
 def fuse_onnx(spec: ModelSpec, src: Path, dest: Path) -> bool:
-    """Applies ONNX Runtime's transformer fusions (attention, layer norm, GELU) to ``src``.
+    """Applies ONNX Runtime's transformer fusions (embedding and attention, GELU with its bias;
+    not those in :data:`DISABLED_ORT_FUSIONS`) to ``src``.
     Returns False, leaving no file, when they fail or change the output."""
     config = _read_json(spec.transformer_dir / "config.json")
     heads, hidden = config.get("num_attention_heads"), config.get("hidden_size")
@@ -399,8 +441,11 @@ def fuse_onnx(spec: ModelSpec, src: Path, dest: Path) -> bool:
         return False
     tmp = _temp_path(dest)
     try:
+        from onnxruntime.transformers.fusion_options import FusionOptions
         from onnxruntime.transformers.optimizer import optimize_model
 
+        options = FusionOptions("bert")
+        options.enable_skip_layer_norm = "SkipLayerNormFusion" not in DISABLED_ORT_FUSIONS
         with warnings.catch_warnings(), _quiet_logging():
             warnings.simplefilter("ignore")
             fused = optimize_model(
@@ -409,6 +454,7 @@ def fuse_onnx(spec: ModelSpec, src: Path, dest: Path) -> bool:
                 num_heads=int(heads),
                 hidden_size=int(hidden),
                 opt_level=0,
+                optimization_options=options,
             )
             fused.save_model_to_file(str(tmp))
         ids, mask = _probe_batch(spec)
