@@ -11,34 +11,9 @@ import pytest
 
 from rag.embeddings import onnx_export as ox
 
+pytest_plugins = ["tests.export_support"]  # fake_export
+
 FLAGS = "flags\t\t: fpu sse2 avx avx2 fma {}\n"
-
-
-@pytest.fixture
-def fake_export(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[ox.ModelSpec, list]:
-    root = tmp_path / "org" / "tiny-model"
-    root.mkdir(parents=True)
-    (root / "config.json").write_text("{}")
-    spec = ox.ModelSpec("org/tiny-model", root, root, "mean", True, 16, False, "", 8)
-    calls: list[tuple[str, str]] = []
-
-    def export(spec: ox.ModelSpec, dest: Path) -> None:
-        calls.append(("export", dest.name))
-        dest.write_bytes(b"plain")
-
-    def fuse(spec: ox.ModelSpec, src: Path, dest: Path) -> bool:
-        calls.append(("fuse", src.name))
-        dest.write_bytes(b"fused")
-        return True
-
-    def quantize(spec: ox.ModelSpec, src: Path, dest: Path, recipe: ox.QuantRecipe) -> None:
-        calls.append(("quantize", recipe.name))
-        dest.write_bytes(b"int8")
-
-    monkeypatch.setattr(ox, "export_onnx", export)
-    monkeypatch.setattr(ox, "fuse_onnx", fuse)
-    monkeypatch.setattr(ox, "quantize_onnx", quantize)
-    return spec, calls
 
 
 def test_an_export_of_an_older_version_is_stale_and_made_again(
