@@ -115,12 +115,15 @@ def test_hnsw_gets_the_smallest_ef_search_that_reaches_the_target(root: Path) ->
     assert leave_one_out_recall(store, vectors) == pytest.approx(cal.recall, abs=0.05)
     assert ef_search_in_force(store, vectors[0]) == str(ef)
 
-    # The next smaller value of the ladder falls short, and so does pgvector's default 40
-    # (measured as named options, which are kept: nothing is chosen over them).
+    # The next smaller value of the ladder falls short of the target with 95% confidence
+    # (its mean may pass it by less than the bound's margin, 1.645 standard errors: about
+    # 0.02 with 500 queries), and pgvector's default 40 falls short outright (measured as
+    # named options, which are kept: nothing is chosen over them).
     smaller = max(v for v in EF_SEARCHES if v < ef)
     for value in sorted({smaller, 40}):
         at = calibrate(store, 0.85, fixed={"ef_search": value})
-        assert at.recall < 0.85 and at.options == {} and at.fixed == {"ef_search": value}
+        assert at.recall < (0.875 if value == smaller else 0.85), (value, at.recall)
+        assert at.options == {} and at.fixed == {"ef_search": value}
         assert at.note == f"ef_search={value} named: measured"
         assert ef_search_in_force(store, vectors[0]) == str(value)
     store.close()
@@ -146,7 +149,8 @@ def test_ivfflat_gets_the_smallest_probes_that_reaches_the_target(root: Path) ->
     assert store.last_search is not None
     assert store.last_search["settings"]["ivfflat.probes"] == str(probes)
     smaller = max(v for v in calibration_values("ivfflat", 30) if v < probes)
-    assert calibrate(store, 0.9, fixed={"probes": smaller}).recall < 0.9
+    # Short of the target with 95% confidence (its mean may pass it by less than the margin).
+    assert calibrate(store, 0.9, fixed={"probes": smaller}).recall < 0.92
     store.drop()
 
 

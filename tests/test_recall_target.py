@@ -89,7 +89,8 @@ def test_ivf_gets_the_smallest_nprobe_that_reaches_the_target(tmp_path: Path) ->
     # The next smaller nprobe of the ladder does not reach it (measured as a named option).
     smaller = max(v for v in (1, 2, 3, 4, 6, 8, 12, 16, 24) if v < nprobe)
     at_smaller = calibrate(store, 0.95, fixed={"nprobe": str(smaller)})
-    assert at_smaller.recall < 0.95 and at_smaller.options == {"index": "ivf", "nlist": 102}
+    # Short of the target with 95% confidence: its mean may pass it by less than the margin.
+    assert at_smaller.recall < 0.97 and at_smaller.options == {"index": "ivf", "nlist": 102}
     assert store._opts["nprobe"] == smaller
     store.close()
 
