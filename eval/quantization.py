@@ -1,7 +1,8 @@
 """ONNX embedding variants against torch: speed, query latency, vector quality, file size.
 
 Embeds the same SciFact passages (title + " " + abstract, corpus order) with torch fp32, the
-ONNX fp32 graphs and several dynamic-INT8 recipes, in one process; the variants take turns
+ONNX fp32 graphs, several dynamic-INT8 recipes and OpenVINO (the plain fp32 graph, in the
+precision OpenVINO picks for the CPU), in one process; the variants take turns
 chunk by chunk (and query by query), so that load from other work falls on all of them
 alike. Speed is the median of the rounds' wall times (and CPU times, which load disturbs
 less). Quality is measured against the first round's vectors of the reference (torch when
@@ -41,6 +42,7 @@ from rag.embeddings.onnx_export import (
     onnx_session,
 )
 from rag.embeddings.onnx_runtime import OnnxEmbedder
+from rag.embeddings.openvino_runtime import OpenVinoEmbedder
 from rag.embeddings.transformer import SentenceTransformerEmbedder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,7 +118,8 @@ def make_variant(
     name: str, *, cache_dir: Path, batch_size: int
 ) -> tuple[Callable[[], Embedder], Callable[[Embedder], int]]:
     """(build, file size) for a variant name: ``torch``, ``onnx``, ``onnx-plain``,
-    ``int8:<recipe>`` (``int8:default`` is ``DEFAULT_INT8_RECIPE``); ``@<n>`` sets the batch."""
+    ``int8:<recipe>`` (``int8:default`` is ``DEFAULT_INT8_RECIPE``), ``openvino``; ``@<n>``
+    sets the batch."""
     base, _, bs = name.partition("@")
     batch = int(bs) if bs else batch_size
     if base == "torch":
@@ -144,6 +147,11 @@ def make_variant(
             return emb
 
         return build, size
+    if base == "openvino":
+        return (
+            lambda: OpenVinoEmbedder(DEFAULT_EMBED_MODEL, batch_size=batch, cache_dir=cache_dir),
+            size,
+        )
     if base.startswith("int8:"):
         key = base.split(":", 1)[1]
         recipe = DEFAULT_INT8_RECIPE if key == "default" else RECIPES[key]
@@ -236,6 +244,7 @@ def run(
                 "variant": name,
                 "backend": emb.backend,
                 "recipe": asdict(recipe) if recipe else None,
+                "precision": getattr(emb, "precision", None),
                 "passages_per_s": round(rate, 2),
                 "passages_per_s_runs": [round(len(texts) / s, 2) for s in seconds[name]],
                 "passages_per_cpu_s": round(len(texts) / statistics.median(cpu[name]), 2),
@@ -280,7 +289,12 @@ def host_info(built: dict[str, Embedder]) -> dict[str, Any]:
     import onnxruntime
 
     threads = {getattr(e, "threads", None) for e in built.values()} - {None}
-    return {**cpu_info(), "onnx_threads": sorted(threads), "onnxruntime": onnxruntime.__version__}
+    info = {**cpu_info(), "onnx_threads": sorted(threads), "onnxruntime": onnxruntime.__version__}
+    if any(e.backend == "openvino" for e in built.values()):
+        import openvino
+
+        info["openvino"] = openvino.__version__.split("-")[0]
+    return info
 
 
 def cpu_info() -> dict[str, Any]:
@@ -330,7 +344,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"CPU: {host['cpu']}; flags {' '.join(host['isa']) or 'none of interest'}; "
         f"{host['logical_cpus']} logical CPUs, ONNX threads {host['onnx_threads']}, "
-        f"onnxruntime {host['onnxruntime']}; default INT8 recipe "
+        f"onnxruntime {host['onnxruntime']}"
+        + (f", openvino {host['openvino']}" if "openvino" in host else "")
+        + "; default INT8 recipe "
         f"{result.get('default_int8_recipe_name', '?')}; load average "
         f"{result['load_average_1m']}",
         "",
@@ -365,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--variants",
         default=",".join(DEFAULT_VARIANTS),
-        help="comma-separated: torch, onnx, onnx-plain, int8:<recipe> "
+        help="comma-separated: torch, onnx, onnx-plain, openvino, int8:<recipe> "
         f"({', '.join(RECIPES)}, default); append @N for batch size N",
     )
     p.add_argument("--cache-dir", type=Path, default=ROOT / "eval" / "cache" / "models")

@@ -12,8 +12,9 @@ and cached under ``cache_dir/<slug>-<hash>/`` (``cache_dir`` is one folder per u
 
 and only the graphs a backend loads stay (``onnx-int8``: its INT8 graph, 23 MB for the
 default model with VNNI, 33 MB on AVX2; ``onnx``: the fused graph, or the plain one where
-the fusions fail), with ``export.json`` (what was exported, from which files, with which
-versions, and which graphs are kept) and an empty ``.lock``. The intermediates are made
+the fusions fail; ``openvino``: the plain one, and its compiled blobs in ``openvino/``),
+with ``export.json`` (what was exported, from which files, with which versions, and which
+graphs are kept) and an empty ``.lock``. The intermediates are made
 again when another backend or recipe needs them. An export made from the same model folder
 before its files were replaced (a reinstalled package), or by an older version of this
 module (:data:`EXPORT_VERSION`), is deleted once the new one is made.
@@ -33,6 +34,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 import uuid
 import warnings
@@ -533,6 +535,7 @@ def prepare_onnx(
     quantized: bool,
     recipe: QuantRecipe = DEFAULT_INT8_RECIPE,
     keep_intermediates: bool = False,
+    serve_plain: bool = False,
 ) -> Path:
     """The cached graph for ``spec``: exported, fused and quantised as needed, once per
     ``cache_dir`` (concurrent processes wait for one another on a file lock).
@@ -540,7 +543,9 @@ def prepare_onnx(
     Afterwards only the graphs some backend loads are left in the model's folder (the one
     returned, and those earlier calls returned); ``keep_intermediates`` also keeps
     ``model.onnx`` and ``model-opt.onnx``, for tools that compare them
-    (``eval/quantization.py``). The work is announced on the ``rag.embeddings`` logger.
+    (``eval/quantization.py``). ``serve_plain`` serves ``model.onnx`` itself, for runtimes other
+    than ONNX Runtime (the fused graph's operators are ONNX Runtime's own). The work is
+    announced on the ``rag.embeddings`` logger.
     """
     folder = cache_dir / model_key(spec)
     plain, fused = folder / "model.onnx", folder / "model-opt.onnx"
@@ -550,6 +555,9 @@ def prepare_onnx(
         info = _read_json(folder / "export.json")
         if keep_intermediates and not plain.is_file():
             return None
+        if serve_plain:
+            served = plain.name in info.get("served", [])
+            return plain if served and plain.is_file() else None
         if quantized:
             return int8 if int8.is_file() else None
         if "fused" in info:
@@ -560,7 +568,7 @@ def prepare_onnx(
     if (done := ready()) is not None:
         return done
     name = Path(spec.model_id).name
-    variant = "int8" if quantized else "fp32"
+    variant = "int8" if quantized else "fp32, plain" if serve_plain else "fp32"
 
     def waiting() -> None:
         logger.info("waiting for another process exporting %s to ONNX…", name)
@@ -598,7 +606,9 @@ def prepare_onnx(
         try:
             if keep_intermediates:
                 plain_graph()
-            if quantized:
+            if serve_plain:
+                target = plain_graph()
+            elif quantized:
                 source = fp32_graph() if recipe.fused else plain_graph()
                 quantize_onnx(spec, source, int8, recipe)
                 target = int8
@@ -643,7 +653,9 @@ def _drop_stale(folder: Path, spec: ModelSpec) -> None:
             with open(other / ".lock", "a+b") as fh:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 for path in other.iterdir():
-                    if path.name != ".lock":
+                    if path.is_dir():  # a runtime's compiled blobs (the openvino backend's)
+                        shutil.rmtree(path)
+                    elif path.name != ".lock":
                         path.unlink(missing_ok=True)
                 (other / ".lock").unlink(missing_ok=True)
             other.rmdir()

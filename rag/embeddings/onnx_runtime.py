@@ -20,6 +20,7 @@ from rag.embeddings import EmbedderSpec
 from rag.embeddings.models import TokenCounter
 from rag.embeddings.onnx_export import (
     DEFAULT_INT8_RECIPE,
+    ModelSpec,
     QuantRecipe,
     onnx_session,
     prepare_onnx,
@@ -46,63 +47,44 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-class OnnxEmbedder:
-    """A sentence-transformers model running on ONNX Runtime (CPU), fp32 or dynamic INT8.
+def onnx_threads(threads: int | None = None) -> int:
+    """``threads`` if given, else ``RAG_ONNX_THREADS``, else :func:`physical_cores`."""
+    if threads is None:
+        env = os.environ.get("RAG_ONNX_THREADS", "").strip()
+        threads = int(env) if env.isdigit() and int(env) > 0 else physical_cores()
+    return threads
 
-    The first use exports the model with torch into ``cache_dir`` (default: the user's model
-    cache, :func:`rag.config.models_dir`); later uses load the cached graph without importing
-    torch. Threads: ``RAG_ONNX_THREADS`` or the physical cores. ``keep_intermediates`` keeps
-    the export's intermediate graphs (see :func:`~rag.embeddings.onnx_export.prepare_onnx`).
-    """
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        quantized: bool = False,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        cache_dir: Path | None = None,
-        recipe: QuantRecipe | None = None,
-        threads: int | None = None,
-        keep_intermediates: bool = False,
-    ) -> None:
-        if importlib.util.find_spec("onnxruntime") is None:
-            raise MissingDependencyError("the onnx embedding backend", "onnxruntime", "onnx")
+class GraphEmbedder:
+    """What the backends running an exported graph share: tokenising, length-sorted batches
+    padded to their longest, pooling and normalising. A subclass sets ``backend`` and
+    ``path`` and runs the graph in :meth:`_hidden`."""
+
+    backend: str
+    path: Path
+
+    def __init__(self, spec: ModelSpec, *, batch_size: int) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.spec = read_model_spec(model)
-        self.id = self.spec.model_id
-        self.backend = "onnx-int8" if quantized else "onnx"
-        self.dim = self.spec.dim
+        self.spec = spec
+        self.id = spec.model_id
+        self.dim = spec.dim
         self.batch_size = max(1, int(batch_size))
-        self.recipe = (recipe or DEFAULT_INT8_RECIPE) if quantized else None
-        self.path = prepare_onnx(
-            self.spec,
-            Path(cache_dir) if cache_dir is not None else models_dir(),
-            quantized=quantized,
-            recipe=self.recipe or DEFAULT_INT8_RECIPE,
-            keep_intermediates=keep_intermediates,
-        )
-        if threads is None:
-            env = os.environ.get("RAG_ONNX_THREADS", "").strip()
-            threads = int(env) if env.isdigit() and int(env) > 0 else physical_cores()
-        self.threads = threads
-        self._session = onnx_session(self.path, threads)
-        self._needs_types = "token_type_ids" in {i.name for i in self._session.get_inputs()}
-        self._tok = self.spec.tokenizer()
+        self._tok = spec.tokenizer()
         self._special = len(self._tok.encode("").ids)
-        self.max_tokens = self.spec.max_seq_length - self._special
-        self.count_tokens = TokenCounter(self.spec.transformer_dir / "tokenizer.json")
+        self.max_tokens = spec.max_seq_length - self._special
+        self.count_tokens = TokenCounter(spec.transformer_dir / "tokenizer.json")
+
+    def _hidden(self, ids: np.ndarray, mask: np.ndarray, *, query: bool) -> np.ndarray:
+        """The last hidden state (batch, sequence, dim); ``query``: one search query."""
+        raise NotImplementedError
 
     def _prepare(self, text: str) -> str:
         text = self.spec.prompt + text
         return text.lower() if self.spec.do_lower_case else text
 
-    def _encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if self._needs_types:
-            feed["token_type_ids"] = np.zeros_like(ids)
+    def _encode(self, ids: np.ndarray, mask: np.ndarray, *, query: bool = False) -> np.ndarray:
         try:
-            hidden = self._session.run(None, feed)[0]
+            hidden = self._hidden(ids, mask, query=query)
         except Exception as e:
             raise EmbeddingError(f"embedding with {self.id} ({self.backend}) failed: {e}") from e
         if self.spec.pooling == "cls":
@@ -136,7 +118,50 @@ class OnnxEmbedder:
 
     def embed_query(self, text: str) -> np.ndarray:
         ids = np.asarray([self._tok.encode(self._prepare(text)).ids], dtype=np.int64)
-        return self._encode(ids, np.ones_like(ids))[0]
+        return self._encode(ids, np.ones_like(ids), query=True)[0]
+
+
+class OnnxEmbedder(GraphEmbedder):
+    """A sentence-transformers model running on ONNX Runtime (CPU), fp32 or dynamic INT8.
+
+    The first use exports the model with torch into ``cache_dir`` (default: the user's model
+    cache, :func:`rag.config.models_dir`); later uses load the cached graph without importing
+    torch. Threads: ``RAG_ONNX_THREADS`` or the physical cores. ``keep_intermediates`` keeps
+    the export's intermediate graphs (see :func:`~rag.embeddings.onnx_export.prepare_onnx`).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        quantized: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        cache_dir: Path | None = None,
+        recipe: QuantRecipe | None = None,
+        threads: int | None = None,
+        keep_intermediates: bool = False,
+    ) -> None:
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise MissingDependencyError("the onnx embedding backend", "onnxruntime", "onnx")
+        super().__init__(read_model_spec(model), batch_size=batch_size)
+        self.backend = "onnx-int8" if quantized else "onnx"
+        self.recipe = (recipe or DEFAULT_INT8_RECIPE) if quantized else None
+        self.path = prepare_onnx(
+            self.spec,
+            Path(cache_dir) if cache_dir is not None else models_dir(),
+            quantized=quantized,
+            recipe=self.recipe or DEFAULT_INT8_RECIPE,
+            keep_intermediates=keep_intermediates,
+        )
+        self.threads = onnx_threads(threads)
+        self._session = onnx_session(self.path, self.threads)
+        self._needs_types = "token_type_ids" in {i.name for i in self._session.get_inputs()}
+
+    def _hidden(self, ids: np.ndarray, mask: np.ndarray, *, query: bool) -> np.ndarray:
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if self._needs_types:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        return self._session.run(None, feed)[0]
 
 
 def create_fp32(spec: EmbedderSpec) -> OnnxEmbedder:
