@@ -212,7 +212,9 @@ def _connect(ray: Any, s: RaySettings) -> bool:
     def init() -> None:
         try:
             ray.init(
-                address=address,
+                # No address: a Ray of our own, never one that happens to run on this machine
+                # (ray.init() alone would join a cluster that `ray start` left running).
+                address=address or "local",
                 log_to_driver=False,
                 logging_level=logging.WARNING,
                 configure_logging=False,
