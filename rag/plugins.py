@@ -78,7 +78,20 @@ class Plugin:
         if not self.extras or self.dist is None:
             return []
         requires = _requirements(tuple(self.dist.requires or ()))
-        return [req for extra in self.extras for req in _missing(requires.get(extra, ()))]
+        own = _canonical(self.dist.metadata["Name"] or "")
+        # An extra may name the package's own extras ("ragkit[onnx]"): those are followed.
+        todo, seen, out = list(self.extras), set(), []
+        while todo:
+            extra = todo.pop(0)
+            if extra in seen:
+                continue
+            seen.add(extra)
+            for name, spec, extras in requires.get(extra, ()):
+                if _canonical(name) == own:
+                    todo.extend(extras)
+                else:
+                    out.extend(_missing([(name, spec)]))
+        return out
 
     @property
     def installed(self) -> bool:
@@ -308,8 +321,9 @@ def _missing(requirements: Sequence[tuple[str, str]]) -> list[str]:
 
 
 @functools.cache
-def _requirements(requires: tuple[str, ...]) -> dict[str, list[tuple[str, str]]]:
-    """``{extra: [(distribution, specifier), ...]}`` from a distribution's requirements."""
+def _requirements(requires: tuple[str, ...]) -> dict[str, list[tuple[str, str, list[str]]]]:
+    """``{extra: [(distribution, specifier, its extras), ...]}`` from a distribution's
+    requirements."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     out: dict[str, list[tuple[str, str]]] = {}
@@ -322,8 +336,12 @@ def _requirements(requires: tuple[str, ...]) -> dict[str, list[tuple[str, str]]]
             continue
         for extra in _EXTRA_MARKER.findall(str(req.marker)):
             if req.marker.evaluate({"extra": extra}):
-                out.setdefault(extra, []).append((req.name, str(req.specifier)))
+                out.setdefault(extra, []).append((req.name, str(req.specifier), sorted(req.extras)))
     return out
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _satisfies(version: str, spec: str) -> bool:
