@@ -1,8 +1,9 @@
 """ONNX embedding variants against torch: speed, query latency, vector quality, file size.
 
 Embeds the same SciFact passages (title + " " + abstract, corpus order) with torch fp32, the
-ONNX fp32 graphs, several dynamic-INT8 recipes and OpenVINO (the plain fp32 graph, in the
-precision OpenVINO picks for the CPU), in one process; the variants take turns
+ONNX fp32 graphs, several dynamic-INT8 recipes, OpenVINO (the plain fp32 graph, in the
+precision OpenVINO picks for the CPU) and OpenVINO INT8 (NNCF's static quantisation of that
+graph, ``openvino-int8``), in one process; the variants take turns
 chunk by chunk (and query by query), so that load from other work falls on all of them
 alike. Speed is the median of the rounds' wall times (and CPU times, which load disturbs
 less). Quality is measured against the first round's vectors of the reference (torch when
@@ -130,7 +131,9 @@ def make_variant(
         )
 
     def size(e: Embedder) -> int:
-        return Path(e.path).stat().st_size  # type: ignore[attr-defined]
+        path = Path(e.path)  # type: ignore[attr-defined]
+        weights = path.with_suffix(".bin") if path.suffix == ".xml" else None  # OpenVINO IR
+        return path.stat().st_size + (weights.stat().st_size if weights else 0)
 
     if base in ("onnx", "onnx-plain"):
 
@@ -147,9 +150,18 @@ def make_variant(
             return emb
 
         return build, size
-    if base == "openvino":
+    if base.split(":")[0] in ("openvino", "openvino-int8"):
+        # openvino[-int8]:<precision> pins OpenVINO's inference precision (f32, bf16, f16).
+        kind, _, precision = base.partition(":")
+        config = {"INFERENCE_PRECISION_HINT": precision} if precision else None
         return (
-            lambda: OpenVinoEmbedder(DEFAULT_EMBED_MODEL, batch_size=batch, cache_dir=cache_dir),
+            lambda: OpenVinoEmbedder(
+                DEFAULT_EMBED_MODEL,
+                quantized=kind == "openvino-int8",
+                batch_size=batch,
+                cache_dir=cache_dir,
+                config=config,
+            ),
             size,
         )
     if base.startswith("int8:"):
@@ -381,7 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--variants",
         default=",".join(DEFAULT_VARIANTS),
-        help="comma-separated: torch, onnx, onnx-plain, openvino, int8:<recipe> "
+        help="comma-separated: torch, onnx, onnx-plain, openvino[-int8][:<precision>], "
+        "int8:<recipe> "
         f"({', '.join(RECIPES)}, default); append @N for batch size N",
     )
     p.add_argument("--cache-dir", type=Path, default=ROOT / "eval" / "cache" / "models")

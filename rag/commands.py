@@ -273,7 +273,8 @@ def add_embedding_options(parser: argparse.ArgumentParser) -> None:
         "--embed-backend",
         choices=_names("embedders"),
         default=None,
-        help="how the model runs (RAG_EMBED_BACKEND; default onnx-int8 for the default model)",
+        help="how the model runs (RAG_EMBED_BACKEND; default for the default model: "
+        "openvino-int8 on CPUs with VNNI, else onnx-int8)",
     )
 
 

@@ -29,9 +29,12 @@ from rag.contract import check_collection_name
 from rag.errors import ConfigError
 
 DEFAULT_EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-#: The default model's default backend: INT8 ONNX, within 0.005 nDCG@10 of torch on SciFact
-#: and the fastest of the three (docs/benchmarks.md). Other models default to torch: the
-#: INT8 recipe was validated on this one only.
+#: The default model's default backend where the CPU multiplies int8 at full rate (AVX-512
+#: VNNI, AVX-VNNI or AMX): static INT8 on OpenVINO, 4.2 to 4.5 times torch on SciFact
+#: passages on a VNNI CPU (docs/benchmarks.md). Elsewhere, and without the openvino extra,
+#: :data:`DEFAULT_EMBED_BACKEND` (dynamic INT8 on ONNX Runtime, about 2x torch on AVX2).
+#: Other models default to torch: the INT8 recipes were validated on this one only.
+VNNI_EMBED_BACKEND = "openvino-int8"
 DEFAULT_EMBED_BACKEND = "onnx-int8"
 FALLBACK_EMBED_BACKEND = "torch"
 DEFAULT_CHUNK_SIZE = 200
@@ -46,20 +49,26 @@ LOG_QUERIES = ("none", "vector", "text", "off")
 DEFAULT_RECALL = 0.95
 
 
-def default_embed_backend(model: str | None) -> str:
-    """The backend a new collection gets when none is asked for: :data:`DEFAULT_EMBED_BACKEND`
-    for the default model when its plugin's requirements (the ``onnx`` extra) are
-    installed, torch otherwise."""
+def default_embed_backend(model: str | None, *, vnni: bool | None = None) -> str:
+    """The backend a new collection gets when none is asked for. For the default model:
+    :data:`VNNI_EMBED_BACKEND` on a CPU with VNNI (``vnni``; read from the CPU when None)
+    when its plugin's requirements (the ``openvino`` extra) are installed, else
+    :data:`DEFAULT_EMBED_BACKEND` when the ``onnx`` extra is, else torch. Other models:
+    torch."""
     from rag import plugins
 
     if model not in (None, DEFAULT_EMBED_MODEL, DEFAULT_EMBED_MODEL.split("/")[-1]):
         return FALLBACK_EMBED_BACKEND
+    if vnni is None:
+        from rag.embeddings.onnx_export import cpu_has_vnni
+
+        vnni = cpu_has_vnni()
     registry = plugins.registry()
-    if DEFAULT_EMBED_BACKEND not in registry.names("embedders"):
-        return FALLBACK_EMBED_BACKEND
-    if not registry.get("embedders", DEFAULT_EMBED_BACKEND).installed:
-        return FALLBACK_EMBED_BACKEND
-    return DEFAULT_EMBED_BACKEND
+    names = registry.names("embedders")
+    for backend in (VNNI_EMBED_BACKEND,) * vnni + (DEFAULT_EMBED_BACKEND,):
+        if backend in names and registry.get("embedders", backend).installed:
+            return backend
+    return FALLBACK_EMBED_BACKEND
 
 
 #: Packages whose versions a collection records with its manifest.
@@ -164,7 +173,8 @@ class Settings:
     #: saved with the collection. Given to a store that cannot choose, an ingest refuses it.
     #: ``None``: the collection's saved target, else :data:`DEFAULT_RECALL`.
     recall: float | None = None
-    #: Embedding model and how it runs (torch, onnx, onnx-int8; "hashing" for tests).
+    #: Embedding model and how it runs (torch, onnx, onnx-int8, openvino, openvino-int8;
+    #: "hashing" for tests).
     #: ``None``: the collection's own, or the defaults for a new collection.
     embed_model: str | None = None
     embed_backend: str | None = None

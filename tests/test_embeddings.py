@@ -64,16 +64,21 @@ def test_unknown_backend() -> None:
     assert {"hashing", "onnx", "onnx-int8", "torch"} <= set(plugins.names("embedders"))
 
 
-def _without_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Installed metadata as if the onnx extra's onnxruntime were not installed."""
+def _without(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
+    """Installed metadata as if ``package`` were not installed."""
     real = md.version
 
     def version(name: str) -> str:
-        if name.lower() == "onnxruntime":
+        if name.lower() == package:
             raise md.PackageNotFoundError(name)
         return real(name)
 
     monkeypatch.setattr(md, "version", version)
+
+
+def _without_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed metadata as if the onnx extra's onnxruntime were not installed."""
+    _without(monkeypatch, "onnxruntime")
 
 
 def test_missing_extra_names_its_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,18 +164,26 @@ def test_hashing_embedder_is_deterministic_and_normalised() -> None:
         load_embedder("hashing-many", "hashing")
 
 
-def test_default_backend_is_int8_onnx_for_the_default_model_only(
+def test_default_backend_is_int8_for_the_default_model_only(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from rag import config
 
-    assert config.default_embed_backend(None) == "onnx-int8"
-    assert config.default_embed_backend("all-MiniLM-L6-v2") == "onnx-int8"
-    assert config.default_embed_backend(config.DEFAULT_EMBED_MODEL) == "onnx-int8"
-    assert config.default_embed_backend("BAAI/bge-small-en-v1.5") == "torch"
+    # With VNNI: static INT8 on OpenVINO; without: dynamic INT8 on ONNX Runtime.
+    for model in (None, "all-MiniLM-L6-v2", config.DEFAULT_EMBED_MODEL):
+        assert config.default_embed_backend(model, vnni=True) == "openvino-int8"
+        assert config.default_embed_backend(model, vnni=False) == "onnx-int8"
+    assert config.default_embed_backend("BAAI/bge-small-en-v1.5", vnni=True) == "torch"
+    from rag.embeddings.onnx_export import cpu_has_vnni
+
+    want = "openvino-int8" if cpu_has_vnni() else "onnx-int8"
+    assert config.default_embed_backend(None) == want  # read from this CPU
     with monkeypatch.context() as m:
-        _without_onnxruntime(m)
-        assert config.default_embed_backend(None) == "torch"  # without the onnx extra
+        _without(m, "nncf")  # the openvino extra is incomplete: ONNX Runtime's INT8
+        assert config.default_embed_backend(None, vnni=True) == "onnx-int8"
+    with monkeypatch.context() as m:
+        _without(m, "onnxruntime")  # both extras need it
+        assert config.default_embed_backend(None, vnni=True) == "torch"
     # Where exported models go: one folder per user (tests/test_model_cache.py), or this.
     monkeypatch.setenv("RAG_MODELS_DIR", str(tmp_path / "shared"))
     assert config.models_dir(config.Settings(data_dir=tmp_path)) == tmp_path / "shared"

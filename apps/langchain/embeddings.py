@@ -13,12 +13,12 @@ from rag.errors import ConfigError
 
 
 class RagkitEmbeddings(Embeddings):
-    """A ragkit embedder (``torch``, ``onnx``, ``onnx-int8``, ``hashing`` or a plugin's)
-    under LangChain.
+    """A ragkit embedder (``torch``, ``onnx``, ``onnx-int8``, ``openvino``, ``openvino-int8``,
+    ``hashing`` or a plugin's) under LangChain.
 
-    ``RagkitEmbeddings()`` is ragkit's default: all-MiniLM-L6-v2 on INT8 ONNX where the
-    ``onnx`` extra is installed (exported once into the models folder, then reused), else on
-    torch. ``model`` and ``backend`` choose another, as ``--embed-model`` and
+    ``RagkitEmbeddings()`` is ragkit's default: all-MiniLM-L6-v2 on INT8
+    (:func:`rag.config.default_embed_backend`: OpenVINO on CPUs with VNNI, ONNX Runtime
+    elsewhere; made once into the models folder, then reused), else on torch. ``model`` and ``backend`` choose another, as ``--embed-model`` and
     ``--embed-backend`` do; ``embedder`` wraps one already loaded (a collection's, say:
     ``RagkitEmbeddings(embedder=collection.embedder)``). Vectors are unit length, as every
     ragkit store expects. Async calls run the same code in a thread (LangChain's default).

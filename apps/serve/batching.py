@@ -21,7 +21,7 @@ one model call (per group of similar token length, so that little of the model's
 on padding) only where the embedder's vectors do not depend on their companions: the
 batcher checks once, on a few probe texts, that they come out the same alone and together
 (to 1e-5; the hashing and ONNX fp32 backends are exact, torch differs in the last float
-bits). A dynamically quantized model (``onnx-int8``, the default) scales each call's
+bits). A dynamically quantized model (``onnx-int8``, the default without VNNI) scales each call's
 activations together, so its vectors move with their companions (cosine 0.99, enough to
 reorder a top 10): each query is then embedded on its own, and only the store's work is
 batched. BM25, hybrid, MMR and re-ranked searches take the unbatched path: their

