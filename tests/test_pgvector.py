@@ -512,7 +512,7 @@ def test_options_are_checked_and_recorded(root: Path) -> None:
     store = open_store(root, 4, m=24, ef_construction=100)
     name = store.collection
     store.close()
-    with pytest.raises(ConfigError, match="was created with index=hnsw"):
+    with pytest.raises(ConfigError, match="was created with index=auto"):
         PgvectorStore(name, dim=4, config=StoreConfig(root, options={"index": "ivfflat"}))
     again = PgvectorStore(name, dim=4, config=StoreConfig(root), create=False)
     try:

@@ -70,7 +70,7 @@ class Layout:
 
     table: str
     kind: str  # vector | halfvec
-    index_kind: str  # hnsw | ivfflat | none
+    index_kind: str  # auto | hnsw | ivfflat | none (auto: resolved when the index is built)
     m: int
     ef_construction: int
     lists: int  # 0: chosen at build time

@@ -29,8 +29,17 @@ from rag.types import Chunk
 SCHEMA = "ragkit"
 CATALOG = "collections"
 
+#: ``index=auto`` builds IVFFlat instead of HNSW from this many rows (the store option
+#: ``auto_ivfflat_rows``). An estimate between two measured points, not a measured
+#: crossover: on synthetic 384-d vectors pgvector's default HNSW graph (m 16,
+#: ef_construction 64) reached recall@10 0.95 at 100k rows, and at 1M topped out at 0.941
+#: (0.932 held-out) at ef_search 1000 after a 786 s build, where IVFFlat (1,000 lists)
+#: reached 0.974 at probes 24 after 139 s (docs/benchmarks.md, "A recall target instead of
+#: knobs"). Where between the two HNSW stops reaching 0.95 was not measured.
+AUTO_IVFFLAT_ROWS = 500_000
+
 DEFAULTS: dict[str, str | int] = {
-    "index": "hnsw",  # hnsw | ivfflat | none
+    "index": "auto",  # auto | hnsw | ivfflat | none
     "m": 16,
     "ef_construction": 64,
     "ef_search": 40,
@@ -41,6 +50,7 @@ DEFAULTS: dict[str, str | int] = {
     "iterative_scan": "relaxed_order",  # relaxed_order | strict_order | off
     "max_scan_tuples": 20_000,  # pgvector's default
     "index_min_rows": 10_000,
+    "auto_ivfflat_rows": AUTO_IVFFLAT_ROWS,  # index=auto: IVFFlat from this many rows
     "filtered_search": "auto",  # auto | index | exact
 }
 #: Options fixed when a collection is created (recorded in the catalog).
@@ -76,7 +86,7 @@ def ident(*parts: str) -> sql.Identifier:
 def check_options(opts: dict[str, Any]) -> dict[str, Any]:
     """Validate and normalise the options merged by ``read_options``."""
     for key, choices in (
-        ("index", ("hnsw", "ivfflat", "none")),
+        ("index", ("auto", "hnsw", "ivfflat", "none")),
         ("iterative_scan", ("relaxed_order", "strict_order", "off")),
         ("filtered_search", ("auto", "index", "exact")),
     ):
@@ -108,7 +118,17 @@ def check_options(opts: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("pgvector options need 0 <= lists <= 32768 and probes >= 0")
     if int(opts["max_scan_tuples"]) < 1 or int(opts["index_min_rows"]) < 0:
         raise ConfigError("pgvector options need max_scan_tuples >= 1 and index_min_rows >= 0")
+    if int(opts["auto_ivfflat_rows"]) < 0:
+        raise ConfigError(
+            f"pgvector option auto_ivfflat_rows={opts['auto_ivfflat_rows']} is negative"
+        )
     return opts
+
+
+def auto_index_kind(rows: int, ivfflat_rows: int) -> str:
+    """The ANN index ``index=auto`` builds over ``rows`` rows: HNSW below ``ivfflat_rows``
+    (:data:`AUTO_IVFFLAT_ROWS` unless the option says otherwise), IVFFlat from there."""
+    return "ivfflat" if rows >= ivfflat_rows else "hnsw"
 
 
 def parse_size(text: str) -> int:
@@ -282,6 +302,25 @@ def gin_cutoff(rows: int, width: int) -> int:
     match; the first is cheaper while c^2 < 1.8 x width x rows.
     """
     return math.isqrt(int(_HNSW_VISIT_COST / _GIN_ROW_COST * width * rows)) + 1
+
+
+def ivfflat_cutoff(rows: int, k: int, lists: int, probes: int) -> int:
+    """Matching rows below which a filtered search on an IVFFlat index is answered exactly.
+
+    The IVFFlat scan reads every row of the ``probes`` lists it visits, about
+    ``probes x rows / lists`` rows whatever the filter, and keeps those that match: a
+    sparse filter leaves few of them, and the nearest matches sit in lists it does not
+    visit (recall@10 0.854 with a 1% filter at 1M rows, lists 1000, probes 24). An exact
+    scan through the GIN index reads only the matching rows and misses none: at 1M rows
+    the ~10k rows of a 1% filter took about 35 ms (p50) against 56 ms for the IVFFlat
+    scan. So a filter matching no more rows than the scan would read anyway is answered
+    exactly; per row the GIN path costs somewhat more (35 ms for 10k rows against 56 ms
+    for 24k), so near the cutoff the exact answer may cost up to about 1.5 times the scan,
+    which buys an exact answer. Below that, :func:`gin_cutoff` with width ``k`` still
+    applies (small tables, few lists).
+    """
+    read = probes * rows // max(1, lists)
+    return max(gin_cutoff(rows, k), read + 1)
 
 
 def scan_budget(rows: int, max_scan_tuples: int) -> int:

@@ -21,16 +21,27 @@ Index policy
     (10,000; below that an exact scan is exact and takes tens of milliseconds). Then the
     first search, :meth:`PgvectorStore.flush` or :meth:`PgvectorStore.build_index`, or
     ``close()`` after writes builds the ANN index and a GIN index on ``metadata``; later
-    upserts go into both incrementally. The build sets ``maintenance_work_mem`` to the
-    estimated size of the graph (rows x (8 + 4 dim + 32 m + 200) bytes, calibrated on
-    pgvector 0.8.6), capped by half the memory the machine can still give (local server),
-    1 GB (remote server, unless the option says more) and the server's limit; when the
-    graph will not fit, a warning is logged and kept in ``build_warning``: pgvector then
-    builds on disk, several times slower. Local builds use a parallel worker per spare
-    core. Measured on 2 busy cores, 50k clustered 384-d vectors, m 16, ef_construction 64:
-    37 s sized (135 MB, one worker), 64 s sized without the worker, 74 s at PostgreSQL's
-    64 MB default (the graph spilled after 28,373 tuples); an exact scan took 26 ms at
-    10k rows and 60 ms at 50k, an HNSW search 2-5 ms.
+    upserts go into both incrementally. The ANN index is the option ``index``: with
+    ``auto`` (the default) the build chooses by the rows it indexes, HNSW below
+    ``auto_ivfflat_rows`` (500,000), IVFFlat from there. On synthetic 384-d vectors the
+    default HNSW graph (m 16, ef_construction 64) reached recall@10 0.95 at 100k rows but
+    at 1M topped out at 0.941 (0.932 held-out) at ef_search 1000, after a 786 s build,
+    where IVFFlat with 1,000 lists reached 0.974 at probes 24 after 139 s; 500k lies
+    between the two measured sizes and is an estimate, not a measured crossover. The
+    catalog keeps ``auto``; the kind in use is that of the index built (``<table>_hnsw``
+    or ``<table>_ivfflat``), found again by a later open. ``hnsw``, ``ivfflat`` and
+    ``none`` name the kind outright, and a collection recorded with one keeps it.
+
+    The build sets ``maintenance_work_mem`` to the estimated size of the graph
+    (rows x (8 + 4 dim + 32 m + 200) bytes, calibrated on pgvector 0.8.6), capped by half
+    the memory the machine can still give (local server), 1 GB (remote server, unless the
+    option says more) and the server's limit; when the graph will not fit, a warning is
+    logged and kept in ``build_warning``: pgvector then builds on disk, several times
+    slower. Local builds use a parallel worker per spare core. Measured on 2 busy cores, 50k
+    clustered 384-d vectors, m 16, ef_construction 64: 37 s sized (135 MB, one worker), 64 s
+    sized without the worker, 74 s at PostgreSQL's 64 MB default (the graph spilled after
+    28,373 tuples); an exact scan took 26 ms at 10k rows and 60 ms at 50k, an HNSW search
+    2-5 ms.
 
 Search
     Cosine distance (``vector_cosine_ops``), reported as ``1 - distance``. Without a
@@ -38,7 +49,10 @@ Search
     for jsonb conditions are constants (5 rows for any containment, half the table for
     anything else): when the filter has an equality the GIN index can serve, it counts the
     matches through it up to the break-even point and answers exactly below it (50k rows:
-    1.3 ms at 1% against 38 ms for the HNSW scan); otherwise it takes the HNSW index with
+    1.3 ms at 1% against 38 ms for the HNSW scan; on IVFFlat the break-even point is at
+    least the rows its scan reads anyway, probes x rows / lists: at 1M rows, 1,000 lists
+    and probes 24 the index path gave recall 0.854 with a 1% filter, see
+    :func:`vectorstores.pg_sql.ivfflat_cutoff`); otherwise it takes the HNSW index with
     pgvector 0.8's iterative scan (``relaxed_order``; rows re-sorted by distance outside
     the scan), which walks on until ``ef_search`` rows match, of which the ``k`` nearest
     are kept (stopping at the first ``k`` matches gave recall@10 0.82 at 1% of 1M rows),
@@ -54,12 +68,19 @@ A recall target
     target, measured on up to 500 of the collection's own vectors (fixed seed, each query's
     own row left out) against an exact scan in numpy (:mod:`vectorstores.calibration`).
     Searches set it per transaction as they set every scan setting (``last_search`` shows
-    the values the server confirmed). The index kind and its build options stay the
-    collection's (recorded at creation); it builds the index if one is due first, and
-    without one (``index=none``, or below ``index_min_rows``) the scan is exact and nothing
-    is chosen. A named ``ef_search`` or ``probes`` is measured, not changed. pgvector's
-    default ef_search of 40 reached recall@10 0.885 at 100k and 0.672 at 1M in the
-    benchmark (eval/results/bench-sweep.jsonl).
+    the values the server confirmed). The index's build options stay the collection's
+    (recorded at creation); it builds the index if one is due first, and without one
+    (``index=none``, or below ``index_min_rows``) the scan is exact and nothing is chosen.
+    A named ``ef_search`` or ``probes`` is measured, not changed. One case changes the
+    index: an ``index=auto`` collection whose HNSW graph (built while the table was
+    smaller) falls short of the target at ef_search 1000 while the table now holds at
+    least ``auto_ivfflat_rows`` rows is rebuilt as IVFFlat (pgvector's advised lists;
+    IVFFlat built, then the HNSW index dropped, in one transaction under the build lock),
+    and ``probes`` is chosen for it; the calibration's note says so. A store that another
+    process had open meanwhile keeps searching with HNSW's settings until it is opened
+    again. A collection created with ``index=hnsw`` is never switched: its note says the
+    target was not reached and what would reach it. pgvector's default ef_search of 40 reached recall@10 0.885 at
+    100k and 0.672 at 1M in the benchmark (eval/results/bench-sweep.jsonl).
 
 A server by DSN
     A store holds one connection (the store serialises its calls; no pool: each reader
@@ -122,25 +143,33 @@ _REMOTE_BUILD_CAP = 2**30  # maintenance_work_mem for a server whose memory we c
 _BUILD_MEMORY_SHARE = 0.5  # of the memory a local machine can still give
 _SQL = q.sql.SQL
 _T = TypeVar("_T")
+_PARAMS = {"hnsw": "ef_search", "ivfflat": "probes"}  # what calibrate chooses, by index
 
 
 class PgvectorStore(StoreBase):
     """One collection in PostgreSQL with pgvector (see the module docstring).
 
-    Options: ``index`` (``hnsw``, ``ivfflat``, or ``none`` for exact search), ``m`` and
+    Options: ``index`` (``auto``, the default: HNSW or IVFFlat by the table's size when
+    the index is built; ``hnsw``; ``ivfflat``; or ``none`` for exact search), ``m`` and
     ``ef_construction`` (HNSW build), ``ef_search`` (HNSW query), ``lists`` and ``probes``
     (IVFFlat; 0 means pgvector's advice), ``maintenance_work_mem`` (``auto`` or a size such
     as ``2GB``), ``halfvec`` (``auto``, true, false), ``iterative_scan``
-    (``relaxed_order``, ``strict_order``, ``off``), ``max_scan_tuples``,
-    ``index_min_rows`` (the size from which indexes are built) and ``filtered_search``
-    (``auto``: estimate and choose; ``index``: always the ANN index; ``exact``). ``index``,
-    ``m``, ``ef_construction``, ``lists`` and ``halfvec`` are recorded when the collection
-    is created; other values later are a :class:`~rag.errors.ConfigError`.
+    (``relaxed_order``, ``strict_order``, ``off``; ``strict_order`` needs ``index=hnsw``),
+    ``max_scan_tuples``, ``index_min_rows`` (the size from which indexes are built),
+    ``auto_ivfflat_rows`` (``index=auto`` builds IVFFlat from this many rows, HNSW below;
+    :data:`~vectorstores.pg_sql.AUTO_IVFFLAT_ROWS`, 500,000, an estimate) and
+    ``filtered_search`` (``auto``: estimate and choose; ``index``: always the ANN index;
+    ``exact``). ``index``, ``m``, ``ef_construction``, ``lists`` and ``halfvec`` are
+    recorded when the collection is created; other values later are a
+    :class:`~rag.errors.ConfigError`. An ``index=auto`` collection stays ``auto`` in the
+    catalog; the kind it searches with is that of the index it has.
 
-    ``calibrate`` chooses ``ef_search`` or ``probes`` for a recall target (see the module
-    docstring). After a build, ``last_build`` says what it did (rows, seconds, memory) and
-    ``build_warning`` holds its memory warning, if any; ``last_search`` says how the last
-    search ran (its plan, rows, and the scan settings the server confirmed).
+    ``calibrate`` chooses ``ef_search`` or ``probes`` for a recall target, and rebuilds an
+    ``index=auto`` collection's HNSW index as IVFFlat when that cannot reach it (see the
+    module docstring). After a build, ``last_build`` says what it did (the index kind,
+    rows, seconds, memory; for ``index=auto``, why that kind) and ``build_warning`` holds
+    its memory warning, if any; ``last_search`` says how the last search ran (its plan,
+    rows, and the scan settings the server confirmed).
     """
 
     name: ClassVar[str] = "pgvector"
@@ -169,6 +198,7 @@ class PgvectorStore(StoreBase):
         self._indexed = False  # the ANN index exists (once seen, it stays)
         self._gin = False  # the GIN index on metadata exists
         self._built_lists = 0
+        self._built_kind: str | None = None  # index=auto: the kind of the index found
         self._budget = int(self._opts["max_scan_tuples"])
         self.build_warning: str | None = None
         self.last_build: dict[str, Any] | None = None
@@ -207,6 +237,9 @@ class PgvectorStore(StoreBase):
                 create=create,
             )
             self._session.setup()
+            self._check_scan(self._opts)
+            if self._layout.index_kind == "auto":  # the kind in use: the index built, if any
+                self._find_indexes(self._session.conn)
         except BaseException as e:
             self._release()
             if isinstance(e, self._session.psycopg.Error):
@@ -214,8 +247,33 @@ class PgvectorStore(StoreBase):
                     raise self._session.unreachable(e, "open", "the connection broke") from e
                 raise self._session.wrap(e, "open") from e
             raise
-        if self._layout.index_kind == "none":
+        if self._kind == "none":
             self.capabilities = dataclasses.replace(type(self).capabilities, exact_search=True)
+
+    @property
+    def _kind(self) -> str:
+        """The index kind that decides how searches run: the recorded one (``hnsw``,
+        ``ivfflat``, ``none``), or for ``index=auto`` the kind of the index built, and
+        ``auto`` while none is."""
+        if self._layout.index_kind != "auto":
+            return self._layout.index_kind
+        return self._built_kind or "auto"
+
+    def _check_scan(self, opts: Mapping[str, Any]) -> None:
+        if opts["iterative_scan"] == "strict_order" and self._layout.index_kind in (
+            "ivfflat",
+            "auto",
+        ):
+            raise ConfigError(
+                f"pgvector collection {self.collection!r} has index={self._layout.index_kind}, "
+                "and IVFFlat's iterative scan has only relaxed_order (or off)"
+                + (
+                    "; index=auto builds IVFFlat on large tables: create the collection "
+                    "with index=hnsw for strict_order"
+                    if self._layout.index_kind == "auto"
+                    else ""
+                )
+            )
 
     def _run(self, what: str, work: Callable[[Any], _T]) -> _T:
         """``work(connection)`` under the store's lock, with driver errors worded for ragkit.
@@ -364,7 +422,7 @@ class PgvectorStore(StoreBase):
         a sparse filter makes a poor sample of the nearest (recall@10 0.82 at 1% of 1M
         rows). Asked for ``ef_search`` rows, it walks on as an unfiltered search's
         candidate list would, and the ``k`` nearest of those are kept."""
-        if flt is None or how != "index" or self._layout.index_kind != "hnsw":
+        if flt is None or how != "index" or self._kind != "hnsw":
             return k
         return min(1000, max(int(self._opts["ef_search"]), k))
 
@@ -382,10 +440,14 @@ class PgvectorStore(StoreBase):
                 [f"{q.SCHEMA}.{self._table}"],
             ).fetchone()[0]
         ) or self._count(conn)
-        width = max(int(self._opts["ef_search"]), k) if self._layout.index_kind == "hnsw" else k
         if self._gin and q.gin_indexable(flt):
-            # Count the matches through the GIN index, up to the break-even point.
-            cutoff = q.gin_cutoff(rows, width)
+            # Count the matches through the GIN index, up to the break-even point: for
+            # HNSW against its walk (gin_cutoff), for IVFFlat against the rows of the lists
+            # it reads (ivfflat_cutoff).
+            if self._kind == "hnsw":
+                cutoff = q.gin_cutoff(rows, max(int(self._opts["ef_search"]), k))
+            else:
+                cutoff = q.ivfflat_cutoff(rows, k, self._built_lists, self._probes())
             counted = conn.execute(
                 _SQL("SELECT count(*) FROM (SELECT FROM {} WHERE {} LIMIT %s) s").format(
                     self._table_id, clause
@@ -413,7 +475,7 @@ class PgvectorStore(StoreBase):
                 "enable_seqscan": "on",
                 "enable_bitmapscan": "on",
             }
-        elif self._layout.index_kind == "hnsw":
+        elif self._kind == "hnsw":
             settings = {"hnsw.ef_search": min(1000, max(int(opts["ef_search"]), k))}
             if self._layout.iterative_scan:
                 settings["hnsw.iterative_scan"] = opts["iterative_scan"]
@@ -532,25 +594,37 @@ class PgvectorStore(StoreBase):
 
     @property
     def index_name(self) -> str:
-        """The ANN index's name, in the schema ``ragkit``."""
-        return f"{self._table}_{self._layout.index_kind}"
+        """The ANN index's name, in the schema ``ragkit``: ``<table>_<kind>``, where for
+        ``index=auto`` the kind is the one built (``<table>_auto``, no index, before)."""
+        return f"{self._table}_{self._kind}"
+
+    def _index_kinds(self) -> tuple[str, ...]:
+        """The kinds the collection's ANN index may be of (IVFFlat first: index=auto
+        replaces HNSW with it, never the other way)."""
+        return {"auto": ("ivfflat", "hnsw"), "none": ()}.get(
+            self._layout.index_kind, (self._layout.index_kind,)
+        )
 
     def _find_indexes(self, conn: Any) -> bool:
         """Look for the indexes; True when all the collection should have exist."""
-        if not (self._gin and (self._indexed or self._layout.index_kind == "none")):
+        if not (self._gin and (self._indexed or self._kind == "none")):
+            meta = f"{self._table}_meta"
+            names = {f"{self._table}_{kind}": kind for kind in self._index_kinds()}
             found = dict(
                 conn.execute(
                     "SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n "
                     "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = ANY(%s)",
-                    [q.SCHEMA, [self.index_name, f"{self._table}_meta"]],
+                    [q.SCHEMA, [*names, meta]],
                 ).fetchall()
             )
-            self._gin = f"{self._table}_meta" in found
-            if self._layout.index_kind != "none" and self.index_name in found:
-                options = dict(opt.split("=", 1) for opt in found[self.index_name] or [])
+            self._gin = meta in found
+            name = next((n for n in names if n in found), None)
+            if name is not None:
+                options = dict(opt.split("=", 1) for opt in found[name] or [])
                 self._built_lists = int(options.get("lists", 100))  # IVFFlat's default
+                self._built_kind = names[name]
                 self._indexed = True
-        return self._gin and (self._indexed or self._layout.index_kind == "none")
+        return self._gin and (self._indexed or self._kind == "none")
 
     def _apply_policy(self, conn: Any) -> None:
         if self._checked and not self._dirty:
@@ -562,18 +636,28 @@ class PgvectorStore(StoreBase):
         if rows and rows >= int(self._opts["index_min_rows"]):
             self._build(conn, rows)
 
-    def _build(self, conn: Any, rows: int) -> bool:
+    def _build(self, conn: Any, rows: int, *, switch: bool = False) -> bool:
+        """Build the missing indexes over a table of ``rows`` rows, in one transaction
+        under the collection's build lock. ``index=auto`` resolves here, where the rows are
+        known: HNSW below ``auto_ivfflat_rows``, IVFFlat from there. With ``switch``
+        (``calibrate`` on an auto collection whose HNSW index cannot reach the target)
+        IVFFlat is built in the HNSW index's place and the HNSW index then dropped, in the
+        same transaction."""
         half = self._layout.kind == "halfvec"
         ops = _SQL("halfvec_cosine_ops" if half else "vector_cosine_ops")
+        threshold = int(self._opts["auto_ivfflat_rows"])
+        kind = "ivfflat" if switch else self._kind
+        if kind == "auto":
+            kind = q.auto_index_kind(rows, threshold)
         what, need, ann = "the GIN index on metadata", 0, None  # GIN makes do with any memory
-        if self._layout.index_kind == "hnsw" and not self._indexed:
+        if kind == "hnsw" and not self._indexed:
             need = q.hnsw_graph_bytes(rows, self.dim, self._layout.m, half=half)
             what = f"the HNSW graph of {rows:,} vectors"
             with_ = _SQL("m = {}, ef_construction = {}").format(
                 q.sql.Literal(self._layout.m), q.sql.Literal(self._layout.ef_construction)
             )
             ann = _SQL("CREATE INDEX {} ON {} USING hnsw (embedding {}) WITH ({})")
-        elif self._layout.index_kind == "ivfflat" and not self._indexed:
+        elif kind == "ivfflat" and (switch or not self._indexed):
             lists = self._layout.lists or q.ivfflat_lists(rows)
             need = q.ivfflat_build_bytes(rows, self.dim, lists, half=half)
             what = f"the IVFFlat k-means sample for {lists} lists"
@@ -582,40 +666,60 @@ class PgvectorStore(StoreBase):
         memory, workers = self._build_memory(conn, need, what)
         started = time.perf_counter()
         self._session.notices = []
-        with conn.transaction():
-            self._session.no_statement_timeout()  # a build may rightly take hours
-            self._session.lock(f"ragkit:build:{self.collection}")
-            self._gin = self._indexed = False
-            if self._find_indexes(conn):  # another process built them meanwhile
-                return False
-            conn.execute(
-                "SELECT set_config('maintenance_work_mem', %s, true)", [q.format_size(memory)]
-            )
-            if workers is not None:
+        replaced: str | None = None  # the HNSW index a switch drops
+        try:
+            with conn.transaction():
+                self._session.no_statement_timeout()  # a build may rightly take hours
+                self._session.lock(f"ragkit:build:{self.collection}")
+                self._gin = self._indexed = False
+                self._built_kind = None
+                done = self._find_indexes(conn)
+                if switch:
+                    if not (self._indexed and self._kind == "hnsw"):
+                        return False  # another process replaced it meanwhile
+                    replaced = self.index_name
+                    self._indexed, self._built_kind = False, None
+                elif done:  # another process built them meanwhile
+                    return False
                 conn.execute(
-                    "SELECT set_config('max_parallel_maintenance_workers', %s, true)",
-                    [str(workers)],
+                    "SELECT set_config('maintenance_work_mem', %s, true)",
+                    [q.format_size(memory)],
                 )
-            if ann is not None and not self._indexed:
-                log.info(
-                    "pgvector collection %r: building the %s index over %d rows with "
-                    "maintenance_work_mem %s",
-                    self.collection,
-                    self._layout.index_kind,
-                    rows,
-                    q.format_size(memory),
-                )
-                conn.execute(ann.format(q.ident(self.index_name), self._table_id, ops, with_))
-            if not self._gin:
-                conn.execute(
-                    _SQL("CREATE INDEX {} ON {} USING gin (metadata jsonb_path_ops)").format(
-                        q.ident(f"{self._table}_meta"), self._table_id
+                if workers is not None:
+                    conn.execute(
+                        "SELECT set_config('max_parallel_maintenance_workers', %s, true)",
+                        [str(workers)],
                     )
-                )
-            conn.execute(_SQL("ANALYZE {}").format(self._table_id))
+                if ann is not None and not self._indexed:
+                    log.info(
+                        "pgvector collection %r: building the %s index over %d rows with "
+                        "maintenance_work_mem %s",
+                        self.collection,
+                        kind,
+                        rows,
+                        q.format_size(memory),
+                    )
+                    name = q.ident(f"{self._table}_{kind}")
+                    conn.execute(ann.format(name, self._table_id, ops, with_))
+                if replaced is not None:
+                    # Dropped after the build: CREATE INDEX holds off writers only, DROP
+                    # INDEX readers too (until the commit, which follows at once).
+                    conn.execute(_SQL("DROP INDEX {}").format(q.ident(q.SCHEMA, replaced)))
+                if not self._gin:
+                    conn.execute(
+                        _SQL("CREATE INDEX {} ON {} USING gin (metadata jsonb_path_ops)").format(
+                            q.ident(f"{self._table}_meta"), self._table_id
+                        )
+                    )
+                conn.execute(_SQL("ANALYZE {}").format(self._table_id))
+        except BaseException:
+            # Rolled back (or unknown): look at the indexes afresh next time.
+            self._gin = self._indexed = self._checked = False
+            self._built_kind = None
+            raise
         self._find_indexes(conn)
         self.last_build = {
-            "index": self._layout.index_kind,
+            "index": self._kind,
             "rows": rows,
             "seconds": round(time.perf_counter() - started, 3),
             "maintenance_work_mem": q.format_size(memory),
@@ -623,6 +727,12 @@ class PgvectorStore(StoreBase):
             "parallel_workers": workers,
             "notices": list(self._session.notices),
         }
+        if self._layout.index_kind == "auto":
+            self.last_build["auto"] = (
+                f"HNSW could not reach the recall target at {rows:,} rows: rebuilt as IVFFlat"
+                if switch
+                else f"{kind} at {rows:,} rows (IVFFlat from auto_ivfflat_rows, {threshold:,})"
+            )
         return True
 
     def _build_memory(self, conn: Any, need: int, what: str) -> tuple[int, int | None]:
@@ -679,47 +789,111 @@ class PgvectorStore(StoreBase):
             # The named options are those the store was opened with; applied again here for
             # a caller that names them only now.
             self._opts.update({k: v for k, v in named.items() if k in fixed})
-            count, kind = self.count(), self._layout.index_kind
-            param = {"hnsw": "ef_search", "ivfflat": "probes"}.get(kind)
+            count, kind = self.count(), self._kind
 
             result = calibration.recorder(target, count=count, fixed=fixed, started=started)
 
-            if param is None:
+            if kind == "none":
                 return result({}, 1.0, 0, "index=none: exact scan")
             if not self._indexed:
                 rows = int(self._opts["index_min_rows"])
-                return result({}, 1.0, 0, f"no {kind} index below {rows} rows: exact scan")
+                what = "no index (index=auto)" if kind == "auto" else f"no {kind} index"
+                return result({}, 1.0, 0, f"{what} below {rows} rows: exact scan")
             if count < 2:
                 return result({}, 1.0, 0, "too few chunks to measure")
-            if param in fixed:
-                values = [int(self._opts[param])]
-            else:
-                values = q.calibration_values(kind, self._built_lists)
-            before = self._opts[param]
-            try:
-                queries, measure = self._recall_meter(count, param)
-                value, got, reached = calibration.smallest_reaching(values, measure, target)
-            except BaseException:
-                self._opts[param] = before  # a failed calibration leaves the setting alone
-                raise
-            self._opts[param] = value
+            param = _PARAMS[kind]
+            queries, measure = self._recall_meter(count)
+            value, got, reached = self._smallest(param, fixed, measure, target)
             if param in fixed:
                 return result({}, got, queries, f"{param}={value} named: measured")
+            auto = self._layout.index_kind == "auto"
             if reached:
-                note = f"{kind}: the smallest {param} that reaches the target"
-            else:
-                note = f"target not reached: {got:.3f} at the largest {param}, {value}"
-                if kind == "hnsw":
-                    # At 1M the default graph (m 16, ef_construction 64) tops out at 0.94.
+                label = f"auto ({kind})" if auto else kind
+                return result(
+                    {param: value},
+                    got,
+                    queries,
+                    f"{label}: the smallest {param} that reaches the target",
+                )
+            threshold = int(self._opts["auto_ivfflat_rows"])
+            if kind == "hnsw" and auto and count >= threshold:
+                return self._switch(result, count, value, got, fixed, measure, target, queries)
+            note = f"target not reached: {got:.3f} at the largest {param}, {value}"
+            if kind == "hnsw":
+                # At 1M the default graph (m 16, ef_construction 64) tops out at 0.94.
+                if auto:
                     note += (
-                        "; a collection built with index=ivfflat, or a larger m and "
-                        "ef_construction, reaches more (drop it and ingest again)"
+                        f"; index=auto rebuilds it as IVFFlat from {threshold:,} rows "
+                        "(auto_ivfflat_rows)"
                     )
+                note += (
+                    "; a collection built with index=ivfflat, or a larger m and "
+                    "ef_construction, reaches more (drop it and ingest again)"
+                )
             return result({param: value}, got, queries, note)
+
+    def _smallest(
+        self,
+        param: str,
+        fixed: Mapping[str, OptionValue],
+        measure: Callable[[str, int], calibration.Recall],
+        target: float,
+    ) -> tuple[int, float, bool]:
+        """The smallest value of ``param`` that reaches ``target`` (the named one, if
+        ``fixed`` names it), set in the options; a failed measure leaves them alone."""
+        if param in fixed:
+            values = [int(self._opts[param])]
+        else:
+            values = q.calibration_values(self._kind, self._built_lists)
+        before = self._opts[param]
+        try:
+            value, got, reached = calibration.smallest_reaching(
+                values, lambda v: measure(param, v), target
+            )
+        except BaseException:
+            self._opts[param] = before
+            raise
+        self._opts[param] = value
+        return value, got, reached
+
+    def _switch(
+        self,
+        result: Callable[..., Calibration],
+        count: int,
+        ef_search: int,
+        hnsw_got: float,
+        fixed: Mapping[str, OptionValue],
+        measure: Callable[[str, int], calibration.Recall],
+        target: float,
+        queries: int,
+    ) -> Calibration:
+        """``index=auto``, at least ``auto_ivfflat_rows`` rows, and the HNSW index short of
+        the target at the largest ef_search: rebuild it as IVFFlat (pgvector's advised
+        lists, unless the collection was created with ``lists``) and choose ``probes``.
+        The HNSW graph was built on a smaller table (or under a larger threshold); at 1M
+        rows the default graph tops out at recall 0.941 where IVFFlat reaches 0.974
+        (docs/benchmarks.md)."""
+        self._run(
+            "rebuild the index as IVFFlat",
+            lambda conn: self._build(conn, count, switch=True),
+        )
+        head = f"auto: HNSW reached {hnsw_got:.3f} at ef_search {ef_search}"
+        if self._kind != "ivfflat":  # the HNSW index went away meanwhile
+            return result({}, hnsw_got, queries, f"{head}; the index changed: measure again")
+        head += f"; rebuilt as IVFFlat ({self._built_lists:,} lists) at {count:,} rows"
+        value, got, reached = self._smallest("probes", fixed, measure, target)
+        if "probes" in fixed:
+            return result({}, got, queries, f"{head}; probes={value} named: measured")
+        if reached:
+            note = f"{head}; probes {value} reaches the target"
+        else:
+            note = f"{head}; target not reached: {got:.3f} at the largest probes, {value}"
+        return result({"probes": value}, got, queries, note)
 
     def _named(self, fixed: Mapping[str, OptionValue]) -> dict[str, Any]:
         """The options ``fixed`` names, checked; build options must be the collection's."""
         named = q.check_options(read_options(fixed, q.DEFAULTS, backend=self.name))
+        self._check_scan(named)
         layout = self._layout
         recorded = {
             "index": layout.index_kind,
@@ -741,12 +915,11 @@ class PgvectorStore(StoreBase):
             )
         return named
 
-    def _recall_meter(
-        self, count: int, param: str
-    ) -> tuple[int, Callable[[int], calibration.Recall]]:
-        """The sample size, and a function from a value of ``param`` to the recall@10 that
-        searches give at it, on a sample of the collection's own vectors (each query's own
-        row left out), against an exact scan (:mod:`vectorstores.calibration`)."""
+    def _recall_meter(self, count: int) -> tuple[int, Callable[[str, int], calibration.Recall]]:
+        """The sample size, and a function from a search parameter and its value to the
+        recall@10 that searches give at it, on a sample of the collection's own vectors
+        (each query's own row left out), against an exact scan
+        (:mod:`vectorstores.calibration`); the exact neighbours are found once."""
         k = min(calibration.K, count - 1)
         ids = self._run(
             "calibrate",
@@ -781,7 +954,7 @@ class PgvectorStore(StoreBase):
         truth = calibration.exact_neighbours(queries, picked, batches(), k)
         search = self._search_sql(None)
 
-        def measure(value: int) -> calibration.Recall:
+        def measure(param: str, value: int) -> calibration.Recall:
             self._opts[param] = value
 
             def read(conn: Any) -> list[list[int]]:
