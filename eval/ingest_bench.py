@@ -20,7 +20,7 @@ Models are loaded before any timing. Each measurement is repeated (``--repeats``
 order of the contenders rotated between rounds, so that the machine's background noise falls
 on all of them; the report gives medians and ratios.
 
-    python -m eval.ingest_bench --dataset ../shared/datasets/scifact --docs 1000 --repeats 3
+    python -m eval.ingest_bench --dataset ../shared/datasets/scifact --docs 600 --repeats 3
 """
 
 from __future__ import annotations
@@ -41,7 +41,13 @@ from eval.datasets import load_beir
 from eval.quantization import cpu_info
 from rag.chunking import Chunker, ChunkerSettings
 from rag.collection import open_collection
-from rag.config import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, DEFAULT_EMBED_MODEL, Settings
+from rag.config import (
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_EMBED_MODEL,
+    Settings,
+    default_embed_backend,
+)
 from rag.embeddings import load_embedder
 from rag.embeddings.models import resolve_model
 from rag.types import Document
@@ -245,7 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--docs", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--backends", default="torch,onnx,onnx-int8")
+    p.add_argument(
+        "--backends",
+        default="torch,default",
+        help="comma-separated embedding backends; 'default' is the one a new collection gets "
+        "here (rag.config.default_embed_backend)",
+    )
     p.add_argument("--model", default=DEFAULT_EMBED_MODEL)
     p.add_argument("--no-langchain", action="store_true")
     p.add_argument(
@@ -260,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
             args.dataset,
             docs=args.docs,
             repeats=args.repeats,
-            backends=args.backends.split(","),
+            backends=[
+                default_embed_backend(args.model) if b == "default" else b
+                for b in args.backends.split(",")
+            ],
             model=args.model,
             work=Path(tmp),
             langchain=not args.no_langchain,
