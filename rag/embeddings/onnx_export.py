@@ -448,7 +448,7 @@ def fuse_onnx(spec: ModelSpec, src: Path, dest: Path) -> bool:
 
         options = FusionOptions("bert")
         options.enable_skip_layer_norm = "SkipLayerNormFusion" not in DISABLED_ORT_FUSIONS
-        with warnings.catch_warnings(), _quiet_logging():
+        with warnings.catch_warnings(), quiet_logging():
             warnings.simplefilter("ignore")
             fused = optimize_model(
                 str(src),
@@ -476,16 +476,16 @@ def fuse_onnx(spec: ModelSpec, src: Path, dest: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_logging() -> Iterator[None]:
-    import logging
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+def quiet_logging(name: str | None = None, level: int = logging.ERROR) -> Iterator[None]:
+    """Raises the logger ``name`` (the root logger when None) to ``level`` for a while:
+    the exporting and quantising libraries log tables and chatter on their own loggers."""
+    target = logging.getLogger(name)
+    before = target.level
+    target.setLevel(level)
     try:
         yield
     finally:
-        root.setLevel(level)
+        target.setLevel(before)
 
 
 def quantize_onnx(spec: ModelSpec, src: Path, dest: Path, recipe: QuantRecipe) -> None:
@@ -503,7 +503,7 @@ def quantize_onnx(spec: ModelSpec, src: Path, dest: Path, recipe: QuantRecipe) -
     excluded = [n.name for n in graph.node if any(p.search(n.name) for p in patterns)]
     tmp = _temp_path(dest)
     try:
-        with warnings.catch_warnings(), _quiet_logging():
+        with warnings.catch_warnings(), quiet_logging():
             warnings.simplefilter("ignore")
             quantize_dynamic(
                 str(src),

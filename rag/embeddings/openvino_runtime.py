@@ -22,7 +22,6 @@ folder (``openvino/``), so a second process skips compiling.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -30,7 +29,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ from rag.embeddings.onnx_export import (
     file_lock,
     logger,
     prepare_onnx,
+    quiet_logging,
     read_json,
     read_model_spec,
     write_json,
@@ -111,7 +110,7 @@ def prepare_openvino_int8(spec: ModelSpec, cache_dir: Path) -> Path:
             return feed
 
         try:
-            with _quiet_nncf():
+            with quiet_logging("nncf", logging.WARNING):  # its tables of statistics
                 quantized = nncf.quantize(
                     model,
                     nncf.Dataset(list(TEXTS), sample),
@@ -140,18 +139,6 @@ def prepare_openvino_int8(spec: ModelSpec, cache_dir: Path) -> Path:
         write_json(folder / "export.json", info)
         logger.info("quantised %s to INT8 for OpenVINO in %.1f s", name, seconds)
         return dest
-
-
-@contextlib.contextmanager
-def _quiet_nncf() -> Iterator[None]:
-    """NNCF logs tables and progress bars at INFO on its own logger: kept to warnings."""
-    nncf_log = logging.getLogger("nncf")
-    level = nncf_log.level
-    nncf_log.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        nncf_log.setLevel(level)
 
 
 class OpenVinoEmbedder(GraphEmbedder):
