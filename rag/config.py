@@ -49,6 +49,20 @@ LOG_QUERIES = ("none", "vector", "text", "off")
 DEFAULT_RECALL = 0.95
 
 
+def cpu_has_vnni() -> bool:
+    """Whether this CPU multiplies int8 at full rate (AVX-512 VNNI, AVX-VNNI or AMX-INT8).
+    Read from ``/proc/cpuinfo``; False where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    except OSError:
+        pass
+    return False
+
+
 def default_embed_backend(model: str | None, *, vnni: bool | None = None) -> str:
     """The backend a new collection gets when none is asked for. For the default model:
     :data:`VNNI_EMBED_BACKEND` on a CPU with VNNI (``vnni``; read from the CPU when None)
@@ -60,8 +74,6 @@ def default_embed_backend(model: str | None, *, vnni: bool | None = None) -> str
     if model not in (None, DEFAULT_EMBED_MODEL, DEFAULT_EMBED_MODEL.split("/")[-1]):
         return FALLBACK_EMBED_BACKEND
     if vnni is None:
-        from rag.embeddings.onnx_export import cpu_has_vnni
-
         vnni = cpu_has_vnni()
     registry = plugins.registry()
     names = registry.names("embedders")

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from rag.config import installed_versions
+from rag.config import cpu_has_vnni, installed_versions
 from rag.embeddings.models import quiet_transformers, resolve_model
 from rag.errors import EmbeddingError, MissingDependencyError
 
@@ -109,20 +109,6 @@ AVX2_INT8_RECIPE = QuantRecipe(
 #: matrix product in INT8 (QAttention, DynamicQuantizeMatMul) with per-channel scales, which
 #: hold the quality that per-tensor scales lose (mean cosine 0.995 against 0.936 to fp32).
 VNNI_INT8_RECIPE = QuantRecipe("s8-pc", weight_type="qint8", per_channel=True)
-
-
-def cpu_has_vnni() -> bool:
-    """Whether this CPU multiplies int8 at full rate (AVX-512 VNNI, AVX-VNNI or AMX-INT8).
-    Read from ``/proc/cpuinfo``; False where it cannot be read."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    except OSError:
-        pass
-    return False
 
 
 def default_int8_recipe() -> QuantRecipe:
