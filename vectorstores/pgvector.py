@@ -32,16 +32,9 @@ Index policy
     or ``<table>_ivfflat``), found again by a later open. ``hnsw``, ``ivfflat`` and
     ``none`` name the kind outright, and a collection recorded with one keeps it.
 
-    The build sets ``maintenance_work_mem`` to the estimated size of the graph
-    (rows x (8 + 4 dim + 32 m + 200) bytes, calibrated on pgvector 0.8.6), capped by half
-    the memory the machine can still give (local server), 1 GB (remote server, unless the
-    option says more) and the server's limit; when the graph will not fit, a warning is
-    logged and kept in ``build_warning``: pgvector then builds on disk, several times
-    slower. Local builds use a parallel worker per spare core. Measured on 2 busy cores, 50k
-    clustered 384-d vectors, m 16, ef_construction 64: 37 s sized (135 MB, one worker), 64 s
-    sized without the worker, 74 s at PostgreSQL's 64 MB default (the graph spilled after
-    28,373 tuples); an exact scan took 26 ms at 10k rows and 60 ms at 50k, an HNSW search
-    2-5 ms.
+    The build sizes ``maintenance_work_mem`` to the index and logs a warning, kept in
+    ``build_warning``, when the graph will not fit (pgvector then builds on disk, several
+    times slower); how it is sized, and measured build times: :mod:`vectorstores.pg_index`.
 
 Search
     Cosine distance (``vector_cosine_ops``), reported as ``1 - distance``. Without a
@@ -62,25 +55,11 @@ Search
     pins the choice (``index`` or ``exact``); :meth:`PgvectorStore.explain` shows the plan.
 
 A recall target
-    ``calibrate(target)`` (``rag ingest --recall``, default 0.95) chooses the search
-    parameter of the collection's index: the smallest ``ef_search`` (HNSW; 16 to 1000) or
-    ``probes`` (IVFFlat; 1 up to every list, which is exact) whose recall@10 reaches the
-    target, measured on up to 500 of the collection's own vectors (fixed seed, each query's
-    own row left out) against an exact scan in numpy (:mod:`vectorstores.calibration`).
-    Searches set it per transaction as they set every scan setting (``last_search`` shows
-    the values the server confirmed). The index's build options stay the collection's
-    (recorded at creation); it builds the index if one is due first, and without one
-    (``index=none``, or below ``index_min_rows``) the scan is exact and nothing is chosen.
-    A named ``ef_search`` or ``probes`` is measured, not changed. One case changes the
-    index: an ``index=auto`` collection whose HNSW graph (built while the table was
-    smaller) falls short of the target at ef_search 1000 while the table now holds at
-    least ``auto_ivfflat_rows`` rows is rebuilt as IVFFlat (pgvector's advised lists;
-    IVFFlat built, then the HNSW index dropped, in one transaction under the build lock),
-    and ``probes`` is chosen for it; the calibration's note says so. A store that another
-    process had open meanwhile keeps searching with HNSW's settings until it is opened
-    again. A collection created with ``index=hnsw`` is never switched: its note says the
-    target was not reached and what would reach it. pgvector's default ef_search of 40 reached recall@10 0.885 at
-    100k and 0.672 at 1M in the benchmark (eval/results/bench-sweep.jsonl).
+    ``calibrate(target)`` (``rag ingest --recall``, default 0.95) chooses the smallest
+    ``ef_search`` (HNSW) or ``probes`` (IVFFlat) whose recall@10, measured on the
+    collection's own vectors against an exact scan, reaches the target; an ``index=auto``
+    collection whose HNSW graph falls short with ``auto_ivfflat_rows`` rows or more is
+    rebuilt as IVFFlat. The details: :mod:`vectorstores.pg_recall`.
 
 A server by DSN
     A store holds one connection (the store serialises its calls; no pool: each reader
@@ -107,10 +86,7 @@ keeps 64-bit integers and doubles exactly.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import os
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -122,31 +98,25 @@ from rag.errors import CollectionNotFoundError, ConfigError, RagError, StoreErro
 from rag.filters import ALL_OPS, Filter, parse, require_supported
 from rag.store import (
     MAX_K,
-    Calibration,
     Capabilities,
-    OptionValue,
     StoreBase,
     StoreConfig,
     folder_writable,
     read_options,
 )
 from rag.types import Chunk, Hit
-from vectorstores import calibration
 from vectorstores import pg_sql as q
 from vectorstores.pg_catalog import Session, describe, drop_collection, open_collection
+from vectorstores.pg_index import IndexMixin
+from vectorstores.pg_recall import RecallMixin
 from vectorstores.retry import Unreachable, retry
 
-log = logging.getLogger(__name__)
-
 _BATCH = 5_000  # ids per "= ANY(...)"
-_REMOTE_BUILD_CAP = 2**30  # maintenance_work_mem for a server whose memory we cannot see
-_BUILD_MEMORY_SHARE = 0.5  # of the memory a local machine can still give
 _SQL = q.sql.SQL
 _T = TypeVar("_T")
-_PARAMS = {"hnsw": "ef_search", "ivfflat": "probes"}  # what calibrate chooses, by index
 
 
-class PgvectorStore(StoreBase):
+class PgvectorStore(IndexMixin, RecallMixin, StoreBase):
     """One collection in PostgreSQL with pgvector (see the module docstring).
 
     Options: ``index`` (``auto``, the default: HNSW or IVFFlat by the table's size when
@@ -165,11 +135,11 @@ class PgvectorStore(StoreBase):
     catalog; the kind it searches with is that of the index it has.
 
     ``calibrate`` chooses ``ef_search`` or ``probes`` for a recall target, and rebuilds an
-    ``index=auto`` collection's HNSW index as IVFFlat when that cannot reach it (see the
-    module docstring). After a build, ``last_build`` says what it did (the index kind,
-    rows, seconds, memory; for ``index=auto``, why that kind) and ``build_warning`` holds
-    its memory warning, if any; ``last_search`` says how the last search ran (its plan,
-    rows, and the scan settings the server confirmed).
+    ``index=auto`` collection's HNSW index as IVFFlat when that cannot reach it (see
+    :mod:`vectorstores.pg_recall`). After a build, ``last_build`` says what it did (the
+    index kind, rows, seconds, memory; for ``index=auto``, why that kind) and
+    ``build_warning`` holds its memory warning, if any; ``last_search`` says how the last
+    search ran (its plan, rows, and the scan settings the server confirmed).
     """
 
     name: ClassVar[str] = "pgvector"
@@ -569,412 +539,3 @@ class PgvectorStore(StoreBase):
         server, self._server = self._server, None
         if server is not None:
             server.stop()
-
-    # --- indexes -------------------------------------------------------------------------------
-
-    def flush(self) -> None:
-        """Apply the index policy now: build the indexes if the table has grown past
-        ``index_min_rows`` without them (``close()`` and the first search do the same)."""
-        self._run("flush", self._apply_policy)
-
-    def build_index(self, *, force: bool = False) -> bool:
-        """Build the missing indexes now: when the table holds at least ``index_min_rows``
-        rows, or any rows with ``force``. Returns whether it built any."""
-
-        def build(conn: Any) -> bool:
-            self._checked, self._dirty = True, False
-            if self._find_indexes(conn):
-                return False
-            rows = self._count(conn)
-            if rows == 0 or (rows < int(self._opts["index_min_rows"]) and not force):
-                return False
-            return self._build(conn, rows)
-
-        return self._run("build the indexes", build)
-
-    @property
-    def index_name(self) -> str:
-        """The ANN index's name, in the schema ``ragkit``: ``<table>_<kind>``, where for
-        ``index=auto`` the kind is the one built (``<table>_auto``, no index, before)."""
-        return f"{self._table}_{self._kind}"
-
-    def _index_kinds(self) -> tuple[str, ...]:
-        """The kinds the collection's ANN index may be of (IVFFlat first: index=auto
-        replaces HNSW with it, never the other way)."""
-        return {"auto": ("ivfflat", "hnsw"), "none": ()}.get(
-            self._layout.index_kind, (self._layout.index_kind,)
-        )
-
-    def _find_indexes(self, conn: Any) -> bool:
-        """Look for the indexes; True when all the collection should have exist."""
-        if not (self._gin and (self._indexed or self._kind == "none")):
-            meta = f"{self._table}_meta"
-            names = {f"{self._table}_{kind}": kind for kind in self._index_kinds()}
-            found = dict(
-                conn.execute(
-                    "SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n "
-                    "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = ANY(%s)",
-                    [q.SCHEMA, [*names, meta]],
-                ).fetchall()
-            )
-            self._gin = meta in found
-            name = next((n for n in names if n in found), None)
-            if name is not None:
-                options = dict(opt.split("=", 1) for opt in found[name] or [])
-                self._built_lists = int(options.get("lists", 100))  # IVFFlat's default
-                self._built_kind = names[name]
-                self._indexed = True
-        return self._gin and (self._indexed or self._kind == "none")
-
-    def _apply_policy(self, conn: Any) -> None:
-        if self._checked and not self._dirty:
-            return
-        self._checked, self._dirty = True, False
-        if self._find_indexes(conn):
-            return
-        rows = self._count(conn)
-        if rows and rows >= int(self._opts["index_min_rows"]):
-            self._build(conn, rows)
-
-    def _build(self, conn: Any, rows: int, *, switch: bool = False) -> bool:
-        """Build the missing indexes over a table of ``rows`` rows, in one transaction
-        under the collection's build lock. ``index=auto`` resolves here, where the rows are
-        known: HNSW below ``auto_ivfflat_rows``, IVFFlat from there. With ``switch``
-        (``calibrate`` on an auto collection whose HNSW index cannot reach the target)
-        IVFFlat is built in the HNSW index's place and the HNSW index then dropped, in the
-        same transaction."""
-        half = self._layout.kind == "halfvec"
-        ops = _SQL("halfvec_cosine_ops" if half else "vector_cosine_ops")
-        threshold = int(self._opts["auto_ivfflat_rows"])
-        kind = "ivfflat" if switch else self._kind
-        if kind == "auto":
-            kind = q.auto_index_kind(rows, threshold)
-        what, need, ann = "the GIN index on metadata", 0, None  # GIN makes do with any memory
-        if kind == "hnsw" and not self._indexed:
-            need = q.hnsw_graph_bytes(rows, self.dim, self._layout.m, half=half)
-            what = f"the HNSW graph of {rows:,} vectors"
-            with_ = _SQL("m = {}, ef_construction = {}").format(
-                q.sql.Literal(self._layout.m), q.sql.Literal(self._layout.ef_construction)
-            )
-            ann = _SQL("CREATE INDEX {} ON {} USING hnsw (embedding {}) WITH ({})")
-        elif kind == "ivfflat" and (switch or not self._indexed):
-            lists = self._layout.lists or q.ivfflat_lists(rows)
-            need = q.ivfflat_build_bytes(rows, self.dim, lists, half=half)
-            what = f"the IVFFlat k-means sample for {lists} lists"
-            with_ = _SQL("lists = {}").format(q.sql.Literal(lists))
-            ann = _SQL("CREATE INDEX {} ON {} USING ivfflat (embedding {}) WITH ({})")
-        memory, workers = self._build_memory(conn, need, what)
-        started = time.perf_counter()
-        self._session.notices = []
-        replaced: str | None = None  # the HNSW index a switch drops
-        try:
-            with conn.transaction():
-                self._session.no_statement_timeout()  # a build may rightly take hours
-                self._session.lock(f"ragkit:build:{self.collection}")
-                self._gin = self._indexed = False
-                self._built_kind = None
-                done = self._find_indexes(conn)
-                if switch:
-                    if not (self._indexed and self._kind == "hnsw"):
-                        return False  # another process replaced it meanwhile
-                    replaced = self.index_name
-                    self._indexed, self._built_kind = False, None
-                elif done:  # another process built them meanwhile
-                    return False
-                conn.execute(
-                    "SELECT set_config('maintenance_work_mem', %s, true)",
-                    [q.format_size(memory)],
-                )
-                if workers is not None:
-                    conn.execute(
-                        "SELECT set_config('max_parallel_maintenance_workers', %s, true)",
-                        [str(workers)],
-                    )
-                if ann is not None and not self._indexed:
-                    log.info(
-                        "pgvector collection %r: building the %s index over %d rows with "
-                        "maintenance_work_mem %s",
-                        self.collection,
-                        kind,
-                        rows,
-                        q.format_size(memory),
-                    )
-                    name = q.ident(f"{self._table}_{kind}")
-                    conn.execute(ann.format(name, self._table_id, ops, with_))
-                if replaced is not None:
-                    # Dropped after the build: CREATE INDEX holds off writers only, DROP
-                    # INDEX readers too (until the commit, which follows at once).
-                    conn.execute(_SQL("DROP INDEX {}").format(q.ident(q.SCHEMA, replaced)))
-                if not self._gin:
-                    conn.execute(
-                        _SQL("CREATE INDEX {} ON {} USING gin (metadata jsonb_path_ops)").format(
-                            q.ident(f"{self._table}_meta"), self._table_id
-                        )
-                    )
-                conn.execute(_SQL("ANALYZE {}").format(self._table_id))
-        except BaseException:
-            # Rolled back (or unknown): look at the indexes afresh next time.
-            self._gin = self._indexed = self._checked = False
-            self._built_kind = None
-            raise
-        self._find_indexes(conn)
-        self.last_build = {
-            "index": self._kind,
-            "rows": rows,
-            "seconds": round(time.perf_counter() - started, 3),
-            "maintenance_work_mem": q.format_size(memory),
-            "estimated_bytes": need,
-            "parallel_workers": workers,
-            "notices": list(self._session.notices),
-        }
-        if self._layout.index_kind == "auto":
-            self.last_build["auto"] = (
-                f"HNSW could not reach the recall target at {rows:,} rows: rebuilt as IVFFlat"
-                if switch
-                else f"{kind} at {rows:,} rows (IVFFlat from auto_ivfflat_rows, {threshold:,})"
-            )
-        return True
-
-    def _build_memory(self, conn: Any, need: int, what: str) -> tuple[int, int | None]:
-        """maintenance_work_mem for a build needing ``need`` bytes, and the parallel
-        workers to ask for (None: the server's setting); sets ``build_warning``."""
-        current, server_max = conn.execute(
-            "SELECT setting::bigint * 1024, max_val::bigint * 1024 FROM pg_settings "
-            "WHERE name = 'maintenance_work_mem'"
-        ).fetchone()
-        host = conn.info.host or "/"
-        local = (
-            self._server is not None
-            or host.startswith("/")
-            or host in ("localhost", "127.0.0.1", "::1")
-        )
-        wanted = int(need * 1.1) + 16 * 2**20  # headroom for the allocator
-        option = str(self._opts["maintenance_work_mem"])
-        if option != "auto":
-            memory, why = q.parse_size(option), "the maintenance_work_mem option"
-        elif local:
-            free = q.available_memory()
-            memory = max(current, min(wanted, int(free * _BUILD_MEMORY_SHARE)))
-            why = f"half of the {free // 2**20} MB of memory available"
-        else:
-            memory = max(current, min(wanted, _REMOTE_BUILD_CAP))
-            why = "the cap for a remote server; raise it with the maintenance_work_mem option"
-        if memory > server_max:
-            memory, why = server_max, "the server's limit"
-        memory = max(memory, 2**20)
-        self.build_warning = None
-        if need > memory:
-            self.build_warning = (
-                f"pgvector collection {self.collection!r}: {what} needs about "
-                f"{need / 2**20:.0f} MB but maintenance_work_mem can only be "
-                f"{memory / 2**20:.0f} MB ({why}); the index build will spill to disk and be "
-                "several times slower"
-            )
-            log.warning("%s", self.build_warning)
-        workers = max(0, min((os.cpu_count() or 1) - 1, 4)) if local else None
-        return memory, workers
-
-    # --- the recall target (see the module docstring) ------------------------------------------
-
-    def calibrate(
-        self, target: float, *, fixed: Mapping[str, OptionValue] | None = None
-    ) -> Calibration:
-        started = time.perf_counter()
-        fixed = dict(fixed or {})
-        named = self._named(fixed)
-        with self._lock:
-            self._run(
-                "calibrate", lambda conn: (self._apply_policy(conn), self._find_indexes(conn))
-            )
-            # The named options are those the store was opened with; applied again here for
-            # a caller that names them only now.
-            self._opts.update({k: v for k, v in named.items() if k in fixed})
-            count, kind = self.count(), self._kind
-
-            result = calibration.recorder(target, count=count, fixed=fixed, started=started)
-
-            if kind == "none":
-                return result({}, 1.0, 0, "index=none: exact scan")
-            if not self._indexed:
-                rows = int(self._opts["index_min_rows"])
-                what = "no index (index=auto)" if kind == "auto" else f"no {kind} index"
-                return result({}, 1.0, 0, f"{what} below {rows} rows: exact scan")
-            if count < 2:
-                return result({}, 1.0, 0, "too few chunks to measure")
-            param = _PARAMS[kind]
-            queries, measure = self._recall_meter(count)
-            value, got, reached = self._smallest(param, fixed, measure, target)
-            if param in fixed:
-                return result({}, got, queries, f"{param}={value} named: measured")
-            auto = self._layout.index_kind == "auto"
-            if reached:
-                label = f"auto ({kind})" if auto else kind
-                return result(
-                    {param: value},
-                    got,
-                    queries,
-                    f"{label}: the smallest {param} that reaches the target",
-                )
-            threshold = int(self._opts["auto_ivfflat_rows"])
-            if kind == "hnsw" and auto and count >= threshold:
-                return self._switch(result, count, value, got, fixed, measure, target, queries)
-            note = f"target not reached: {got:.3f} at the largest {param}, {value}"
-            if kind == "hnsw":
-                # At 1M the default graph (m 16, ef_construction 64) tops out at 0.94.
-                if auto:
-                    note += (
-                        f"; index=auto rebuilds it as IVFFlat from {threshold:,} rows "
-                        "(auto_ivfflat_rows)"
-                    )
-                note += (
-                    "; a collection built with index=ivfflat, or a larger m and "
-                    "ef_construction, reaches more (drop it and ingest again)"
-                )
-            return result({param: value}, got, queries, note)
-
-    def _smallest(
-        self,
-        param: str,
-        fixed: Mapping[str, OptionValue],
-        measure: Callable[[str, int], calibration.Recall],
-        target: float,
-    ) -> tuple[int, float, bool]:
-        """The smallest value of ``param`` that reaches ``target`` (the named one, if
-        ``fixed`` names it), set in the options; a failed measure leaves them alone."""
-        if param in fixed:
-            values = [int(self._opts[param])]
-        else:
-            values = q.calibration_values(self._kind, self._built_lists)
-        before = self._opts[param]
-        try:
-            value, got, reached = calibration.smallest_reaching(
-                values, lambda v: measure(param, v), target
-            )
-        except BaseException:
-            self._opts[param] = before
-            raise
-        self._opts[param] = value
-        return value, got, reached
-
-    def _switch(
-        self,
-        result: Callable[..., Calibration],
-        count: int,
-        ef_search: int,
-        hnsw_got: float,
-        fixed: Mapping[str, OptionValue],
-        measure: Callable[[str, int], calibration.Recall],
-        target: float,
-        queries: int,
-    ) -> Calibration:
-        """``index=auto``, at least ``auto_ivfflat_rows`` rows, and the HNSW index short of
-        the target at the largest ef_search: rebuild it as IVFFlat (pgvector's advised
-        lists, unless the collection was created with ``lists``) and choose ``probes``.
-        The HNSW graph was built on a smaller table (or under a larger threshold); at 1M
-        rows the default graph tops out at recall 0.941 where IVFFlat reaches 0.974
-        (docs/benchmarks.md)."""
-        self._run(
-            "rebuild the index as IVFFlat",
-            lambda conn: self._build(conn, count, switch=True),
-        )
-        head = f"auto: HNSW reached {hnsw_got:.3f} at ef_search {ef_search}"
-        if self._kind != "ivfflat":  # the HNSW index went away meanwhile
-            return result({}, hnsw_got, queries, f"{head}; the index changed: measure again")
-        head += f"; rebuilt as IVFFlat ({self._built_lists:,} lists) at {count:,} rows"
-        value, got, reached = self._smallest("probes", fixed, measure, target)
-        if "probes" in fixed:
-            return result({}, got, queries, f"{head}; probes={value} named: measured")
-        if reached:
-            note = f"{head}; probes {value} reaches the target"
-        else:
-            note = f"{head}; target not reached: {got:.3f} at the largest probes, {value}"
-        return result({"probes": value}, got, queries, note)
-
-    def _named(self, fixed: Mapping[str, OptionValue]) -> dict[str, Any]:
-        """The options ``fixed`` names, checked; build options must be the collection's."""
-        named = q.check_options(read_options(fixed, q.DEFAULTS, backend=self.name))
-        self._check_scan(named)
-        layout = self._layout
-        recorded = {
-            "index": layout.index_kind,
-            "m": layout.m,
-            "ef_construction": layout.ef_construction,
-            "lists": layout.lists,
-        }
-        differ = [
-            f"{key}={recorded[key]}"
-            for key in q.BUILD_OPTIONS
-            if key in fixed and named[key] != recorded[key]
-        ]
-        if differ:
-            raise ConfigError(
-                f"pgvector collection {self.collection!r} was created with "
-                f"{', '.join(differ)}, and a recall target chooses only ef_search (HNSW) or "
-                "probes (IVFFlat); leave those options out, or drop the collection and ingest "
-                "again"
-            )
-        return named
-
-    def _recall_meter(self, count: int) -> tuple[int, Callable[[str, int], calibration.Recall]]:
-        """The sample size, and a function from a search parameter and its value to the
-        recall@10 that searches give at it, on a sample of the collection's own vectors
-        (each query's own row left out), against an exact scan
-        (:mod:`vectorstores.calibration`); the exact neighbours are found once."""
-        k = min(calibration.K, count - 1)
-        ids = self._run(
-            "calibrate",
-            lambda conn: [
-                r[0] for r in conn.execute(_SQL("SELECT id FROM {}").format(self._table_id))
-            ],
-        )
-        # Rows are numbered for the numpy helpers; a row written meanwhile gets a new number.
-        number = {cid: i for i, cid in enumerate(ids)}
-        picked = calibration.sample(
-            np.arange(len(ids)), calibration.sample_size(len(ids), self.dim)
-        )
-        by_id = dict(
-            self._run(
-                "calibrate",
-                lambda conn: conn.execute(
-                    _SQL("SELECT id, {} FROM {} WHERE id = ANY(%s)").format(
-                        self._vector, self._table_id
-                    ),
-                    [[ids[i] for i in picked]],
-                    binary=True,
-                ).fetchall(),
-            )
-        )
-        queries = _unit(np.vstack([by_id[ids[i]] for i in picked]))
-
-        def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            for page in self._pages(_SQL("id"), 20_000, "calibrate"):
-                rows = [number.setdefault(r[0], len(number)) for r in page]
-                yield np.array(rows), _unit(np.vstack([r[1] for r in page]))
-
-        truth = calibration.exact_neighbours(queries, picked, batches(), k)
-        search = self._search_sql(None)
-
-        def measure(param: str, value: int) -> calibration.Recall:
-            self._opts[param] = value
-
-            def read(conn: Any) -> list[list[int]]:
-                with conn.transaction():
-                    self._budget = int(self._opts["max_scan_tuples"])
-                    self._scan_settings(conn, k + 1, "index", forced=False)
-                    return [
-                        [
-                            number.get(r[0], -1)
-                            for r in conn.execute(search, [qv, k + 1, k + 1], prepare=False)
-                        ]
-                        for qv in queries
-                    ]
-
-            return calibration.recall(self._run("calibrate", read), picked, truth)
-
-        return len(picked), measure
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length: cosine similarity as an inner product."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-30)
