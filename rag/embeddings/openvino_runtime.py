@@ -22,6 +22,7 @@ folder (``openvino/``), so a second process skips compiling.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -40,6 +41,7 @@ from rag.embeddings.onnx_export import (
     ModelSpec,
     file_lock,
     logger,
+    model_key,
     prepare_onnx,
     quiet_logging,
     read_json,
@@ -59,6 +61,7 @@ BLOB_DIR = "openvino"
 INT8_VERSION = 1
 
 
+@functools.cache
 def int8_key() -> str:
     """What the INT8 model is made from beyond the export: the calibration texts and the
     recipe's version (the export's own key names the folder)."""
@@ -79,11 +82,13 @@ def prepare_openvino_int8(spec: ModelSpec, cache_dir: Path) -> Path:
     TEXTS`, each text one sample, truncated as the model truncates). Concurrent processes wait
     for one another on the export's lock; files appear by atomic rename only.
     """
+    file = f"model-int8-ov-{int8_key()}.xml"
+    dest = cache_dir / model_key(spec) / file
+    if dest.is_file() and dest.with_suffix(".bin").is_file():
+        return dest  # made before: the plain export is not even looked at
     plain = prepare_onnx(spec, cache_dir, quantized=False, serve_plain=True)
     folder = plain.parent
-    dest = folder / f"model-int8-ov-{int8_key()}.xml"
-    if dest.is_file() and dest.with_suffix(".bin").is_file():
-        return dest
+    dest = folder / file
     name = Path(spec.model_id).name
     with file_lock(folder, waiting=lambda: logger.info("waiting for another process…")):
         if dest.is_file() and dest.with_suffix(".bin").is_file():
