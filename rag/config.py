@@ -30,8 +30,8 @@ from rag.errors import ConfigError
 
 DEFAULT_EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 #: The default model's default backend where the CPU multiplies int8 at full rate (AVX-512
-#: VNNI, AVX-VNNI or AMX): static INT8 on OpenVINO, 4.2 to 4.5 times torch on SciFact
-#: passages on a VNNI CPU (docs/benchmarks.md). Elsewhere, and without the openvino extra,
+#: VNNI, AVX-VNNI or AMX): static INT8 on OpenVINO, about 4 times torch on SciFact passages
+#: on a 2-core AVX-512 VNNI CPU (docs/benchmarks.md). Elsewhere, and without the openvino extra,
 #: :data:`DEFAULT_EMBED_BACKEND` (dynamic INT8 on ONNX Runtime, about 2x torch on AVX2).
 #: Other models default to torch: the INT8 recipes were validated on this one only.
 VNNI_EMBED_BACKEND = "openvino-int8"
@@ -77,7 +77,8 @@ def default_embed_backend(model: str | None, *, vnni: bool | None = None) -> str
         vnni = cpu_has_vnni()
     registry = plugins.registry()
     names = registry.names("embedders")
-    for backend in (VNNI_EMBED_BACKEND,) * vnni + (DEFAULT_EMBED_BACKEND,):
+    preferred = [VNNI_EMBED_BACKEND, DEFAULT_EMBED_BACKEND] if vnni else [DEFAULT_EMBED_BACKEND]
+    for backend in preferred:
         if backend in names and registry.get("embedders", backend).installed:
             return backend
     return FALLBACK_EMBED_BACKEND

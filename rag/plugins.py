@@ -326,7 +326,7 @@ def _requirements(requires: tuple[str, ...]) -> dict[str, list[tuple[str, str, l
     requirements."""
     from packaging.requirements import InvalidRequirement, Requirement
 
-    out: dict[str, list[tuple[str, str]]] = {}
+    out: dict[str, list[tuple[str, str, list[str]]]] = {}
     for line in requires:
         try:
             req = Requirement(line)

@@ -12,7 +12,8 @@ runs the same graph quantised statically to INT8 by NNCF, every matrix product i
 (the attention's too), with activation ranges measured once on fixed texts
 (:mod:`rag.embeddings.calibration_texts`): ``model-int8-ov-<key>.xml`` and ``.bin`` beside
 ``model.onnx``, made on first use (about 20 s) under the export's file lock. On a 2-core
-AMD EPYC with AVX-512 VNNI it embedded SciFact passages 4.2 to 4.5 times as fast as torch
+AMD EPYC with AVX-512 VNNI it embedded SciFact passages about 4 times as fast as torch
+(3.95 to 3.98 in wall time, 4.2 to 4.5 in CPU time, side by side)
 at a mean cosine of 0.995 to torch's vectors (docs/benchmarks.md).
 
 Two compiled models: documents on ``RAG_ONNX_THREADS`` or the physical cores, single search
