@@ -3,8 +3,12 @@ drift from SciFact claims (PSI under 0.1, ok); XQuAD-en questions asked of it do
 0.2, alert), and far more of them are out of the corpus's coverage.
 
 The collection: the abstracts that the first 400 training claims and the 300 test claims
-cite (480 documents, each cut to its first 120 words), with the default
-embedder. The first 400 training claims, asked first, are the query reference (the first
+cite (480 documents, each cut to its first 120 words), embedded with ``onnx-int8``, named
+here because the figures in docs/monitoring.md were measured with it: with
+``openvino-int8`` (the default on VNNI CPUs since) the same 300 test claims gave a topic
+PSI of 0.115, "watch", where ``onnx-int8`` gives 0.076. Ten topics and 300 against 400
+queries put PSI's sampling noise alone near 0.05, so either is the same distribution; the
+0.1 band sits close to that noise at these sizes (noted in docs/monitoring.md). The first 400 training claims, asked first, are the query reference (the first
 ``reference_queries`` queries); then the 300 test claims; then 200 XQuAD-en questions.
 The figures are printed (``pytest -s``) and quoted in docs/monitoring.md.
 """
@@ -51,7 +55,8 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
     th = Thresholds(reference_queries=REFERENCE)
     out: dict[str, object] = {"documents": len(docs)}
-    with open_collection(Settings(data_dir=tmp / "rag", collection="scifact"), create=True) as col:
+    settings = Settings(data_dir=tmp / "rag", collection="scifact", embed_backend="onnx-int8")
+    with open_collection(settings, create=True) as col:
         col.ingest([corpus])
         log = col.querylog
         out["chunks"] = col.store.count()
